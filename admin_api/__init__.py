@@ -1,0 +1,1 @@
+"""The admin HTTP API: merchant ERP data, reports, provisioning, metrics."""

@@ -1,0 +1,1 @@
+"""Benchmarks and the terminal fleet load generator (never imported by the daemon)."""

@@ -1,0 +1,1 @@
+"""Thales payShield host commands: codec, pooled async client, software HSM."""

@@ -1,0 +1,1 @@
+"""switchd: the trio daemon (listeners, sessions, handlers, ledger, CLI)."""
