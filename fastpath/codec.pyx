@@ -141,9 +141,9 @@ cdef inline int _bcd_len(const uint8_t *p, int nbytes) noexcept nogil:
 cdef class SettlementTotals:
     """Field 48 of an 0500: per card class, debit/credit amounts, counts, code."""
 
-    cdef readonly object debit_amount, debit_count, credit_amount, credit_count, code
-    cdef readonly object foreign_debit_amount, foreign_debit_count
-    cdef readonly object foreign_credit_amount, foreign_credit_count, foreign_code
+    cdef public object debit_amount, debit_count, credit_amount, credit_count, code
+    cdef public object foreign_debit_amount, foreign_debit_count
+    cdef public object foreign_credit_amount, foreign_credit_count, foreign_code
 
     def __repr__(self):
         return (
@@ -265,6 +265,20 @@ cdef class Message:
     # Named accessors for what handlers read. Absent fields give None.
     @property
     def pan(self): return self.get(2)
+    @property
+    def card_number(self):
+        """The PAN: field 2 when keyed in, else the digits of track 2 before '='."""
+        cdef int i
+        cdef const uint8_t *p
+        if self.off[2] >= 0:
+            return self._value(2)
+        if self.off[35] < 0:
+            return None
+        p = <const uint8_t *>PyBytes_AS_STRING(self.raw) + self.off[35]
+        for i in range(self.units[35]):
+            if ((p[i >> 1] >> 4) if not (i & 1) else (p[i >> 1] & 15)) == 13:
+                return self._digits(35, 0, i)
+        return self._digits(35, 0, self.units[35])
     @property
     def processing_code(self): return self.get(3)
     @property

@@ -177,17 +177,33 @@ static inline uint32_t des_f(uint32_t r, const uint8_t *k) {
            des_sp[6][(des_rotr(r, 3) & 63) ^ k[6]] | des_sp[7][(des_rotr(r, 31) & 63) ^ k[7]];
 }
 
-/* One DES block on a 64-bit value; decrypt runs the subkeys backwards. */
-static inline uint64_t des_block(const des_schedule *ks, uint64_t x, int decrypt) {
-    uint64_t ip = des_perm(des_ip_tab, x);
-    uint32_t l = (uint32_t)(ip >> 32), r = (uint32_t)ip, t;
+/* Sixteen rounds on the halves of an IP-permuted block, leaving them
+   swapped as DES's output is (R16 || L16). Decryption runs the subkeys
+   backwards. */
+static inline void des_rounds(const des_schedule *ks, uint32_t *pl, uint32_t *pr, int decrypt) {
+    uint32_t l = *pl, r = *pr, t;
     int i;
     for (i = 0; i < 16; i++) {
         t = r;
         r = l ^ des_f(r, ks->sub[decrypt ? 15 - i : i]);
         l = t;
     }
-    return des_perm(des_fp_tab, ((uint64_t)r << 32) | l);
+    *pl = r;
+    *pr = l;
+}
+
+/* 3DES as E(K3) D(K2) E(K1) with the FP of each stage and the IP of the
+   next left out: they cancel, so only the outer IP and FP are computed. */
+static inline uint64_t des_chain(const des_schedule *a, int da, const des_schedule *b, int db,
+                                 const des_schedule *c, int dc, int n, uint64_t x) {
+    uint64_t ip = des_perm(des_ip_tab, x);
+    uint32_t l = (uint32_t)(ip >> 32), r = (uint32_t)ip;
+    des_rounds(a, &l, &r, da);
+    if (n > 1) {
+        des_rounds(b, &l, &r, db);
+        des_rounds(c, &l, &r, dc);
+    }
+    return des_perm(des_fp_tab, ((uint64_t)l << 32) | r);
 }
 
 /* key_len 8, 16 or 24; any other length is the caller's error. */
@@ -201,17 +217,12 @@ static inline void tdes_setup(tdes_key *key, const uint8_t *bytes, int key_len) 
 }
 
 static inline uint64_t tdes_encrypt64(const tdes_key *key, uint64_t x) {
-    x = des_block(&key->ks[0], x, 0);
-    if (key->single) return x;
-    x = des_block(&key->ks[1], x, 1);
-    return des_block(&key->ks[2], x, 0);
+    return des_chain(&key->ks[0], 0, &key->ks[1], 1, &key->ks[2], 0, key->single ? 1 : 3, x);
 }
 
 static inline uint64_t tdes_decrypt64(const tdes_key *key, uint64_t x) {
-    if (key->single) return des_block(&key->ks[0], x, 1);
-    x = des_block(&key->ks[2], x, 1);
-    x = des_block(&key->ks[1], x, 0);
-    return des_block(&key->ks[0], x, 1);
+    if (key->single) return des_chain(&key->ks[0], 1, 0, 0, 0, 0, 1, x);
+    return des_chain(&key->ks[2], 1, &key->ks[1], 0, &key->ks[0], 1, 3, x);
 }
 
 #endif
