@@ -158,7 +158,7 @@ class HsmPool:
         attempts: int | None = None,
         connect_timeout: float = 2.0,
         health_interval: float = 2.0,
-        health_timeout: float = 5.0,
+        health_timeout: float | None = None,
         backoff_min: float = 0.1,
         backoff_max: float = 10.0,
     ) -> None:
@@ -173,7 +173,8 @@ class HsmPool:
         self.attempts = attempts if attempts is not None else max(2, len(addresses))
         self.connect_timeout = connect_timeout
         self.health_interval = health_interval
-        self.health_timeout = health_timeout
+        # NC is answered at once by a healthy HSM: give it the command timeout.
+        self.health_timeout = health_timeout if health_timeout is not None else timeout
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.nodes = [HsmNode(self, parse_address(a)) for a in addresses]
