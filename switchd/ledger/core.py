@@ -1,0 +1,770 @@
+"""Applying one batch of operations: the ledger's rules, independent of the database.
+
+The writer hands a batch (every group submitted since its last commit) to
+`apply_batch` inside one open database transaction. The plan:
+
+1. collect every id the batch mentions (new transfer ids, the pending or
+   original transfers they refer to, accounts, terminals);
+2. load those rows with a fixed number of set queries — state rows, then
+   transfers, then accounts, then terminal batches, each sorted by key. The
+   PostgreSQL store locks them (`FOR UPDATE`) as it reads; the fixed order
+   (states before accounts before terminals, ascending ids within each) is
+   what keeps two switch processes from deadlocking;
+3. run the operations in submission order against those rows in memory,
+   each group under an undo journal: a failing operation, or a failing
+   member of a linked group, is rolled back in memory and no other group
+   notices;
+4. hand the store the net changes (new rows, final balances of the touched
+   accounts) to write with a handful of bulk statements.
+
+So a batch of thousands of sales costs a few queries, not thousands: that is
+where group commit gets its speed, on top of sharing one durable commit.
+
+Error handling: every rule violation is a `ResultCode` for that operation;
+an unexpected exception inside one operation is caught, its changes undone,
+and reported as INTERNAL_ERROR for its group, so one bad operation never
+takes the writer down. Database errors are not caught here: they abort the
+whole transaction, and the caller fails or retries the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+import msgspec
+
+from .ids import to_bytes, valid_id
+from .model import (
+    MAX_AMOUNT,
+    MAX_BATCH,
+    AccountKind,
+    CloseAccount,
+    CloseBatch,
+    CreateAccount,
+    Op,
+    PendingState,
+    PostPending,
+    Result,
+    ResultCode,
+    Reverse,
+    Transfer,
+    TransferType,
+    VoidPending,
+    WireMeta,
+)
+
+log = logging.getLogger("switchd.ledger")
+
+#: A hold may not outlive this; longer would be a typo, not a pre-authorization.
+MAX_TIMEOUT_S = 366 * 86_400
+MAX_CODE_LEN = 32
+MAX_TEXT_LEN = 64
+
+RC = ResultCode
+_OK = Result(RC.OK)
+_PENDING = PendingState.PENDING.value
+
+
+class ExpireDue(msgspec.Struct, frozen=True, tag="expire_due"):
+    """Internal: release up to `limit` holds whose expiry has passed (the sweeper's op)."""
+
+    limit: int = 1000
+
+
+class Group(msgspec.Struct):
+    """Operations that succeed or fail together when `linked`; otherwise a single op."""
+
+    ops: tuple[Op | ExpireDue, ...]
+    linked: bool = False
+
+
+class Changes(msgspec.Struct):
+    """Rows for the store to write, as tuples in the column order of the schema."""
+
+    new_accounts: list[tuple[object, ...]]
+    account_updates: list[tuple[object, ...]]
+    new_transfers: list[tuple[object, ...]]
+    new_states: list[tuple[object, ...]]
+    state_updates: list[tuple[object, ...]]
+    rejections: list[tuple[object, ...]]
+    batch_inserts: list[tuple[object, ...]]  # (terminal_id, current_batch, updated_at)
+    batch_updates: list[tuple[object, ...]]  # (current_batch, updated_at, terminal_id)
+    closures: list[tuple[object, ...]]
+
+
+class Store(Protocol):
+    """What `apply_batch` needs from a backend, inside one open transaction.
+
+    Loads take sorted keys and may lock what they return (PostgreSQL does).
+    """
+
+    def load_due_pending(self, now_us: int, limit: int) -> list[bytes]: ...
+    def load_states(self, ids: list[bytes]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
+    def load_transfers(self, ids: list[bytes]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
+    def load_rejections(self, ids: list[bytes]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
+    def load_accounts(self, ids: list[bytes]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
+    def load_terminal_batches(self, tids: list[str]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
+    def write(self, changes: Changes) -> None: ...
+
+
+class _Acct:
+    __slots__ = ("closed", "cp", "cpend", "created_at", "currency", "dp", "dpend", "id", "kind",
+                 "limit", "new", "owner")
+
+    def __init__(self, row: tuple, new: bool = False) -> None:  # type: ignore[type-arg]
+        (self.id, self.kind, self.currency, self.owner, self.limit, self.closed,
+         self.dp, self.cp, self.dpend, self.cpend, self.created_at) = row
+        self.closed = bool(self.closed)
+        self.new = new
+
+
+class _Xfer:
+    __slots__ = ("amount", "credit", "debit", "expires_at", "fp", "id", "ref", "tolerance", "type")
+
+    def __init__(self, row: tuple) -> None:  # type: ignore[type-arg]
+        (self.id, self.type, self.debit, self.credit, self.amount, self.ref,
+         self.expires_at, self.tolerance, self.fp) = row
+
+
+class _State:
+    __slots__ = ("expires_at", "id", "new", "pending_state", "refunded", "resolved_by",
+                 "reversed_by")
+
+    def __init__(self, row: tuple, new: bool = False) -> None:  # type: ignore[type-arg]
+        (self.id, self.pending_state, self.expires_at, self.resolved_by, self.reversed_by,
+         self.refunded) = row
+        self.new = new
+
+
+def _fp(text: str) -> bytes:
+    """Fingerprint of what must match for a repeated id to count as the same request.
+
+    Wire metadata (RRN, masked PAN, ...) is left out on purpose: the switch
+    assigns the RRN per attempt, and a retry is the same money movement.
+    """
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _amount_ok(v: object) -> bool:
+    return type(v) is int and 0 < v <= MAX_AMOUNT  # type: ignore[operator]
+
+
+def _code_ok(code: object) -> bool:
+    return isinstance(code, str) and 0 < len(code) <= MAX_CODE_LEN
+
+
+def _meta_ok(meta: WireMeta | None) -> bool:
+    if meta is None:
+        return True
+    return (
+        isinstance(meta, WireMeta)
+        and isinstance(meta.terminal_id, str) and 0 < len(meta.terminal_id) <= MAX_TEXT_LEN
+        and isinstance(meta.merchant_id, str) and len(meta.merchant_id) <= MAX_TEXT_LEN
+        and _is_int(meta.batch) and 0 <= meta.batch <= MAX_BATCH
+        and _is_int(meta.stan) and 0 <= meta.stan <= 999_999
+        and isinstance(meta.kind, str) and 0 < len(meta.kind) <= MAX_CODE_LEN
+        and _is_int(meta.leg) and 0 <= meta.leg <= 99
+        and isinstance(meta.rrn, str) and len(meta.rrn) <= MAX_TEXT_LEN
+        and isinstance(meta.masked_pan, str) and len(meta.masked_pan) <= MAX_TEXT_LEN
+    )
+
+
+def _meta_cols(meta: WireMeta | None) -> tuple[object, ...]:
+    if meta is None:
+        return (None, None, None, None, None, None, None, None)
+    return (meta.terminal_id, meta.merchant_id or None, meta.batch, meta.stan, meta.kind,
+            meta.leg, meta.rrn or None, meta.masked_pan or None)
+
+
+class _Reject(Exception):
+    def __init__(self, code: ResultCode) -> None:
+        self.code = code
+
+
+class _Batch:
+    def __init__(self, now_us: int) -> None:
+        self.now = now_us
+        self.accounts: dict[bytes, _Acct] = {}
+        self.transfers: dict[bytes, _Xfer] = {}
+        self.states: dict[bytes, _State] = {}
+        self.rejections: dict[bytes, tuple[bytes, str]] = {}
+        self.batches: dict[str, int] = {}
+        self.dirty_accounts: dict[bytes, _Acct] = {}
+        self.dirty_states: dict[bytes, _State] = {}
+        self.new_transfers: list[tuple[object, ...]] = []
+        self.new_rejections: list[tuple[object, ...]] = []
+        self.dirty_batches: set[str] = set()
+        self.loaded_batches: set[str] = set()
+        self.closures: list[tuple[object, ...]] = []
+        self.due: list[bytes] = []
+        self.journal: list[Callable[[], None]] = []
+        # (id, fingerprint) of the op being applied, once it is known to be new:
+        # if it fails, that is what the rejection is stored under.
+        self.candidate: tuple[bytes, bytes] | None = None
+
+    # --- loading ----------------------------------------------------------
+
+    def load(self, store: Store, groups: Sequence[Group]) -> None:
+        new_ids: set[bytes] = set()
+        refs: set[bytes] = set()
+        accts: set[bytes] = set()
+        tids: set[str] = set()
+        expire_limit = 0
+
+        def add(ids: set[bytes], value: object) -> None:
+            if type(value) is int and valid_id(value):
+                ids.add(to_bytes(value))
+
+        for g in groups:
+            for op in g.ops:
+                t = type(op)
+                if t is Transfer:
+                    add(new_ids, op.id)  # type: ignore[union-attr]
+                    add(accts, op.debit_account_id)  # type: ignore[union-attr]
+                    add(accts, op.credit_account_id)  # type: ignore[union-attr]
+                    if op.refund_of is not None:  # type: ignore[union-attr]
+                        add(refs, op.refund_of)  # type: ignore[union-attr]
+                elif t is PostPending or t is VoidPending:
+                    add(new_ids, op.id)  # type: ignore[union-attr]
+                    add(refs, op.pending_id)  # type: ignore[union-attr]
+                elif t is Reverse:
+                    add(new_ids, op.id)  # type: ignore[union-attr]
+                    add(refs, op.original_id)  # type: ignore[union-attr]
+                elif t is CreateAccount or t is CloseAccount:
+                    add(accts, op.id)  # type: ignore[union-attr]
+                elif t is CloseBatch:
+                    if isinstance(op.terminal_id, str):  # type: ignore[union-attr]
+                        tids.add(op.terminal_id)  # type: ignore[union-attr]
+                elif t is ExpireDue:
+                    expire_limit = max(expire_limit, op.limit)  # type: ignore[union-attr]
+
+        if expire_limit > 0:
+            self.due = store.load_due_pending(self.now, expire_limit)
+            refs.update(self.due)
+        if refs:
+            for row in store.load_states(sorted(refs)):
+                self.states[row[0]] = _State(row)
+        xids = new_ids | refs
+        if xids:
+            for row in store.load_transfers(sorted(xids)):
+                x = _Xfer(row)
+                self.transfers[x.id] = x
+                if x.id in refs:
+                    accts.add(x.debit)
+                    accts.add(x.credit)
+        if new_ids:
+            for rid, fp, code in store.load_rejections(sorted(new_ids)):
+                self.rejections[rid] = (fp, code)
+        if accts:
+            for row in store.load_accounts(sorted(accts)):
+                self.accounts[row[0]] = _Acct(row)
+        if tids:
+            for tid, current in store.load_terminal_batches(sorted(tids)):
+                self.batches[tid] = current
+                self.loaded_batches.add(tid)
+
+    # --- running groups ---------------------------------------------------
+
+    def run_group(self, group: Group) -> list[Result]:
+        if not group.linked or len(group.ops) == 1:
+            return [self._run_one(op) for op in group.ops]
+        results: list[Result] = []
+        evaluated: list[tuple[bytes, bytes] | None] = []
+        failed: int | None = None
+        self.journal = []
+        for i, op in enumerate(group.ops):
+            result = self._apply_guarded(op)
+            results.append(result)
+            evaluated.append(self.candidate)
+            if not result.ok:
+                failed = i
+                break
+        if failed is None:
+            self.journal = []
+            return results
+        self._undo()
+        code = results[failed].code
+        out: list[Result] = []
+        for i, _op in enumerate(group.ops):
+            own = code if i == failed else RC.LINKED_EVENT_FAILED
+            if i < len(results) and results[i].duplicate and i != failed:
+                # A member already on record stays as it was; the group failed.
+                out.append(Result(RC.LINKED_EVENT_FAILED, duplicate=True))
+                continue
+            if i <= failed and evaluated[i] is not None:
+                self._reject(evaluated[i], own)  # type: ignore[arg-type]
+            out.append(results[failed] if i == failed else Result(own))
+        return out
+
+    def _run_one(self, op: Op | ExpireDue) -> Result:
+        self.journal = []
+        result = self._apply_guarded(op)
+        if not result.ok:
+            self._undo()
+            if self.candidate is not None:
+                self._reject(self.candidate, result.code)
+        self.journal = []
+        return result
+
+    def _apply_guarded(self, op: Op | ExpireDue) -> Result:
+        self.candidate = None
+        mark = len(self.journal)
+        try:
+            return self._apply(op)
+        except _Reject as r:
+            self._undo(mark)
+            return Result(r.code)
+        except Exception:
+            # A bug must cost one group, not the writer: undo, report, go on.
+            log.exception("ledger: unexpected error applying %s", type(op).__name__)
+            self._undo(mark)
+            self.candidate = None
+            return Result(RC.INTERNAL_ERROR)
+
+    def _undo(self, mark: int = 0) -> None:
+        while len(self.journal) > mark:
+            self.journal.pop()()
+
+    def _reject(self, cand: tuple[bytes, bytes], code: ResultCode) -> None:
+        rid, fp = cand
+        if code is RC.INTERNAL_ERROR:
+            return  # not a business answer: a retry deserves a fresh evaluation
+        self.rejections[rid] = (fp, code.value)
+        self.new_rejections.append((rid, fp, code.value, self.now))
+
+    def _apply(self, op: Op | ExpireDue) -> Result:
+        t = type(op)
+        if t is Transfer:
+            return self._transfer(op)  # type: ignore[arg-type]
+        if t is PostPending:
+            return self._post(op)  # type: ignore[arg-type]
+        if t is VoidPending:
+            return self._void(op)  # type: ignore[arg-type]
+        if t is Reverse:
+            return self._reverse(op)  # type: ignore[arg-type]
+        if t is CreateAccount:
+            return self._create_account(op)  # type: ignore[arg-type]
+        if t is CloseAccount:
+            return self._close_account(op)  # type: ignore[arg-type]
+        if t is CloseBatch:
+            return self._close_batch(op)  # type: ignore[arg-type]
+        if t is ExpireDue:
+            return self._expire()
+        raise TypeError(f"not a ledger operation: {t.__name__}")
+
+    # --- shared checks and mutations --------------------------------------
+
+    def _dup(self, idb: bytes, fp: bytes) -> Result | None:
+        """The first answer for a repeated id, or None when the id is new."""
+        x = self.transfers.get(idb)
+        if x is not None:
+            return Result(RC.OK, duplicate=True) if x.fp == fp else Result(RC.ID_EXISTS_DIFFERENT)
+        rej = self.rejections.get(idb)
+        if rej is not None:
+            if rej[0] != fp:
+                return Result(RC.ID_EXISTS_DIFFERENT)
+            return Result(RC(rej[1]), duplicate=True)
+        self.candidate = (idb, fp)
+        return None
+
+    @staticmethod
+    def _bad_fields(code: object, meta: WireMeta | None) -> Result | None:
+        if not _code_ok(code):
+            return Result(RC.CODE_INVALID)
+        if not _meta_ok(meta):
+            return Result(RC.META_INVALID)
+        return None
+
+    def _account(self, value: object, missing: ResultCode) -> _Acct:
+        if type(value) is not int or not valid_id(value):
+            raise _Reject(missing)
+        a = self.accounts.get(to_bytes(value))
+        if a is None:
+            raise _Reject(missing)
+        return a
+
+    @staticmethod
+    def _check_debit(a: _Acct, amount: int) -> None:
+        """The payer may go down to −credit_limit, holds included, and no further."""
+        if a.limit is not None and a.cp - a.dp - a.dpend - amount < -a.limit:
+            raise _Reject(RC.INSUFFICIENT_FUNDS if a.limit == 0 else RC.CREDIT_LIMIT_EXCEEDED)
+
+    def _touch(self, a: _Acct) -> None:
+        """Journal an account's balances before they change, and mark it for writing."""
+        snap = (a.dp, a.cp, a.dpend, a.cpend, a.closed)
+
+        def restore() -> None:
+            a.dp, a.cp, a.dpend, a.cpend, a.closed = snap
+
+        self.journal.append(restore)
+        self.dirty_accounts[a.id] = a
+
+    def _move(self, d: _Acct, c: _Acct, posted: int, pending: int) -> None:
+        """Add `posted` to posted and `pending` (may be negative) to pending balances."""
+        if (d.dp + posted > MAX_AMOUNT or c.cp + posted > MAX_AMOUNT
+                or d.dpend + pending > MAX_AMOUNT or c.cpend + pending > MAX_AMOUNT):
+            raise _Reject(RC.OVERFLOW)
+        self._touch(d)
+        self._touch(c)
+        d.dp += posted
+        c.cp += posted
+        d.dpend += pending
+        c.cpend += pending
+
+    def _touch_state(self, s: _State) -> None:
+        snap = (s.pending_state, s.resolved_by, s.reversed_by, s.refunded)
+
+        def restore() -> None:
+            s.pending_state, s.resolved_by, s.reversed_by, s.refunded = snap
+
+        self.journal.append(restore)
+        self.dirty_states[s.id] = s
+
+    def _state_of(self, xid: bytes) -> _State:
+        """The mutable state row of a transfer, created on first need."""
+        s = self.states.get(xid)
+        if s is None:
+            s = _State((xid, None, None, None, None, 0), new=True)
+            self.states[xid] = s
+
+            def forget() -> None:
+                self.states.pop(xid, None)
+                self.dirty_states.pop(xid, None)
+
+            self.journal.append(forget)
+        return s
+
+    def _insert(self, x: _Xfer, code: str, meta: WireMeta | None) -> None:
+        self.transfers[x.id] = x
+        self.new_transfers.append(
+            (x.id, x.type, x.debit, x.credit, x.amount, code, x.ref, x.expires_at, x.tolerance,
+             x.fp, self.now, *_meta_cols(meta))
+        )
+
+        def forget() -> None:
+            self.transfers.pop(x.id, None)
+            self.new_transfers.pop()
+
+        self.journal.append(forget)
+
+    # --- operations -------------------------------------------------------
+
+    def _transfer(self, op: Transfer) -> Result:
+        if type(op.id) is not int or not valid_id(op.id):
+            return Result(RC.ID_INVALID)
+        idb = to_bytes(op.id)
+        dup = self._dup(idb, _fp(
+            f"T|{op.debit_account_id}|{op.credit_account_id}|{op.amount}|{op.code}|"
+            f"{op.pending}|{op.timeout_s}|{op.post_tolerance}|{op.refund_of}"))
+        if dup is not None:
+            return dup
+        if not _amount_ok(op.amount):
+            return Result(RC.AMOUNT_INVALID)
+        bad = self._bad_fields(op.code, op.meta)
+        if bad is not None:
+            return bad
+        if type(op.pending) is not bool:
+            return Result(RC.FIELD_INVALID)
+        if not _is_int(op.timeout_s) or not 0 <= op.timeout_s <= MAX_TIMEOUT_S:
+            return Result(RC.TIMEOUT_INVALID)
+        if (not _is_int(op.post_tolerance) or not 0 <= op.post_tolerance <= MAX_AMOUNT
+                or (op.post_tolerance and not op.pending)):
+            return Result(RC.AMOUNT_INVALID)
+        if op.timeout_s and not op.pending:
+            return Result(RC.TIMEOUT_INVALID)
+        if op.debit_account_id == op.credit_account_id:
+            return Result(RC.ACCOUNTS_SAME)
+        d = self._account(op.debit_account_id, RC.DEBIT_ACCOUNT_NOT_FOUND)
+        c = self._account(op.credit_account_id, RC.CREDIT_ACCOUNT_NOT_FOUND)
+        if d.closed or c.closed:
+            return Result(RC.ACCOUNT_CLOSED)
+        if d.currency != c.currency:
+            return Result(RC.CURRENCY_MISMATCH)
+
+        ttype = TransferType.PENDING.value if op.pending else TransferType.POSTED.value
+        ref: bytes | None = None
+        if op.refund_of is not None:
+            if op.pending:
+                return Result(RC.AMOUNT_INVALID)
+            ttype = TransferType.REFUND.value
+            orig = self._original(op.refund_of)
+            if orig.type not in (TransferType.POSTED.value, TransferType.POST.value):
+                return Result(RC.ORIGINAL_NOT_POSTED)
+            if orig.debit != c.id or orig.credit != d.id:
+                return Result(RC.REFUND_ACCOUNTS_MISMATCH)
+            st = self._state_of(orig.id)
+            if st.reversed_by is not None:
+                return Result(RC.ALREADY_REVERSED)
+            if st.refunded + op.amount > orig.amount:
+                return Result(RC.REFUND_EXCEEDS_ORIGINAL)
+            self._touch_state(st)
+            st.refunded += op.amount
+            ref = orig.id
+
+        self._check_debit(d, op.amount)
+        expires = self.now + op.timeout_s * 1_000_000 if op.timeout_s else None
+        x = _Xfer((idb, ttype, d.id, c.id, op.amount, ref, expires,
+                   op.post_tolerance, self.candidate[1]))  # type: ignore[index]
+        if op.pending:
+            self._move(d, c, 0, op.amount)
+            st = self._state_of(idb)
+            self._touch_state(st)
+            st.pending_state = _PENDING
+            st.expires_at = expires
+        else:
+            self._move(d, c, op.amount, 0)
+        self._insert(x, op.code, op.meta)
+        return _OK
+
+    def _original(self, value: object) -> _Xfer:
+        if type(value) is not int or not valid_id(value):
+            raise _Reject(RC.ORIGINAL_NOT_FOUND)
+        x = self.transfers.get(to_bytes(value))
+        if x is None:
+            raise _Reject(RC.ORIGINAL_NOT_FOUND)
+        return x
+
+    def _open_pending(self, value: object) -> tuple[_Xfer, _State]:
+        """The hold a post or void refers to, if it is still open."""
+        if type(value) is not int or not valid_id(value):
+            raise _Reject(RC.PENDING_NOT_FOUND)
+        p = self.transfers.get(to_bytes(value))
+        if p is None:
+            raise _Reject(RC.PENDING_NOT_FOUND)
+        if p.type != TransferType.PENDING.value:
+            raise _Reject(RC.NOT_PENDING)
+        st = self.states[p.id]
+        if st.pending_state == PendingState.POSTED.value:
+            raise _Reject(RC.PENDING_ALREADY_POSTED)
+        if st.pending_state == PendingState.VOIDED.value:
+            raise _Reject(RC.PENDING_ALREADY_VOIDED)
+        if st.pending_state == PendingState.EXPIRED.value:
+            raise _Reject(RC.PENDING_EXPIRED)
+        return p, st
+
+    def _post(self, op: PostPending) -> Result:
+        if type(op.id) is not int or not valid_id(op.id):
+            return Result(RC.ID_INVALID)
+        idb = to_bytes(op.id)
+        dup = self._dup(idb, _fp(f"P|{op.pending_id}|{op.amount}|{op.code}"))
+        if dup is not None:
+            return dup
+        bad = self._bad_fields(op.code, op.meta)
+        if bad is not None:
+            return bad
+        if op.amount is not None and not _amount_ok(op.amount):
+            return Result(RC.AMOUNT_INVALID)
+        p, st = self._open_pending(op.pending_id)
+        if st.expires_at is not None and self.now >= st.expires_at:
+            return Result(RC.PENDING_EXPIRED)
+        amount = p.amount if op.amount is None else op.amount
+        if amount > p.amount + p.tolerance:
+            return Result(RC.EXCEEDS_PENDING_AMOUNT)
+        d, c = self.accounts[p.debit], self.accounts[p.credit]
+        if d.closed or c.closed:
+            return Result(RC.ACCOUNT_CLOSED)
+        if amount > p.amount:
+            # Over-completion: the excess is new money, checked like a new debit
+            # once the hold itself is released.
+            self._check_debit(d, amount - p.amount)
+        self._move(d, c, amount, -p.amount)
+        self._touch_state(st)
+        st.pending_state = PendingState.POSTED.value
+        st.resolved_by = idb
+        x = _Xfer((idb, TransferType.POST.value, d.id, c.id, amount, p.id, None, 0,
+                   self.candidate[1]))  # type: ignore[index]
+        self._insert(x, op.code, op.meta)
+        return _OK
+
+    def _void(self, op: VoidPending) -> Result:
+        if type(op.id) is not int or not valid_id(op.id):
+            return Result(RC.ID_INVALID)
+        idb = to_bytes(op.id)
+        dup = self._dup(idb, _fp(f"V|{op.pending_id}|{op.code}"))
+        if dup is not None:
+            return dup
+        bad = self._bad_fields(op.code, op.meta)
+        if bad is not None:
+            return bad
+        p, st = self._open_pending(op.pending_id)
+        # Voiding an overdue hold the sweeper has not reached yet is allowed:
+        # either way the hold ends and nothing moves.
+        d, c = self.accounts[p.debit], self.accounts[p.credit]
+        self._move(d, c, 0, -p.amount)
+        self._touch_state(st)
+        st.pending_state = PendingState.VOIDED.value
+        st.resolved_by = idb
+        x = _Xfer((idb, TransferType.VOID.value, d.id, c.id, p.amount, p.id, None, 0,
+                   self.candidate[1]))  # type: ignore[index]
+        self._insert(x, op.code, op.meta)
+        return _OK
+
+    def _reverse(self, op: Reverse) -> Result:
+        if type(op.id) is not int or not valid_id(op.id):
+            return Result(RC.ID_INVALID)
+        idb = to_bytes(op.id)
+        dup = self._dup(idb, _fp(f"R|{op.original_id}|{op.code}"))
+        if dup is not None:
+            return dup
+        bad = self._bad_fields(op.code, op.meta)
+        if bad is not None:
+            return bad
+        orig = self._original(op.original_id)
+        if orig.type == TransferType.PENDING.value:
+            return Result(RC.ORIGINAL_IS_PENDING)
+        if orig.type == TransferType.VOID.value:
+            return Result(RC.ORIGINAL_NOT_POSTED)
+        st = self._state_of(orig.id)
+        if st.reversed_by is not None:
+            return Result(RC.ALREADY_REVERSED)
+        if st.refunded:
+            return Result(RC.ORIGINAL_HAS_REFUNDS)
+        # The reversal runs the other way: the original's payee pays it back.
+        d, c = self.accounts[orig.credit], self.accounts[orig.debit]
+        if d.closed or c.closed:
+            return Result(RC.ACCOUNT_CLOSED)
+        self._check_debit(d, orig.amount)
+        self._move(d, c, orig.amount, 0)
+        self._touch_state(st)
+        st.reversed_by = idb
+        x = _Xfer((idb, TransferType.REVERSE.value, d.id, c.id, orig.amount, orig.id, None, 0,
+                   self.candidate[1]))  # type: ignore[index]
+        self._insert(x, op.code, op.meta)
+        return _OK
+
+    def _create_account(self, op: CreateAccount) -> Result:
+        if type(op.id) is not int or not valid_id(op.id):
+            return Result(RC.ID_INVALID)
+        try:
+            kind = AccountKind(op.kind)
+        except ValueError:
+            return Result(RC.ACCOUNT_INVALID)
+        limit = op.credit_limit
+        if limit is None and kind is AccountKind.CARDHOLDER:
+            limit = 0
+        if limit is not None and (not _is_int(limit) or not 0 <= limit <= MAX_AMOUNT):
+            return Result(RC.ACCOUNT_INVALID)
+        if (not isinstance(op.currency, str) or not 0 < len(op.currency) <= 3
+                or not isinstance(op.owner, str) or len(op.owner) > MAX_TEXT_LEN):
+            return Result(RC.ACCOUNT_INVALID)
+        idb = to_bytes(op.id)
+        existing = self.accounts.get(idb)
+        if existing is not None:
+            same = (existing.kind, existing.currency, existing.owner, existing.limit) == (
+                kind.value, op.currency, op.owner, limit)
+            return Result(RC.OK, duplicate=True) if same else Result(RC.ACCOUNT_EXISTS_DIFFERENT)
+        a = _Acct((idb, kind.value, op.currency, op.owner, limit, False, 0, 0, 0, 0, self.now),
+                  new=True)
+        self.accounts[idb] = a
+        self.dirty_accounts[idb] = a
+
+        def forget() -> None:
+            self.accounts.pop(idb, None)
+            self.dirty_accounts.pop(idb, None)
+
+        self.journal.append(forget)
+        return _OK
+
+    def _close_account(self, op: CloseAccount) -> Result:
+        a = self._account(op.id, RC.ACCOUNT_NOT_FOUND)
+        if a.closed:
+            return Result(RC.OK, duplicate=True)
+        self._touch(a)
+        a.closed = True
+        return _OK
+
+    def _close_batch(self, op: CloseBatch) -> Result:
+        tid = op.terminal_id
+        if not isinstance(tid, str) or not 0 < len(tid) <= MAX_TEXT_LEN:
+            return Result(RC.TERMINAL_INVALID)
+        current = self.batches.get(tid, 1)
+        if not _is_int(op.batch) or not 1 <= op.batch <= MAX_BATCH:
+            return Result(RC.BATCH_MISMATCH, value=current)
+        following = op.batch % MAX_BATCH + 1
+        if op.batch != current:
+            if current == following and tid in self.batches:
+                return Result(RC.OK, duplicate=True, value=current)
+            return Result(RC.BATCH_MISMATCH, value=current)
+        had = tid in self.batches
+        self.batches[tid] = following
+        self.dirty_batches.add(tid)
+        self.closures.append((tid, op.batch, self.now))
+
+        def restore() -> None:
+            if had:
+                self.batches[tid] = current
+            else:
+                self.batches.pop(tid, None)
+            self.closures.pop()
+
+        self.journal.append(restore)
+        return Result(RC.OK, value=following)
+
+    def _expire(self) -> Result:
+        count = 0
+        for xid in self.due:
+            st = self.states.get(xid)
+            p = self.transfers.get(xid)
+            if st is None or p is None or st.pending_state != _PENDING:
+                continue  # resolved earlier in this batch
+            if st.expires_at is None or st.expires_at > self.now:
+                continue
+            self._move(self.accounts[p.debit], self.accounts[p.credit], 0, -p.amount)
+            self._touch_state(st)
+            st.pending_state = PendingState.EXPIRED.value
+            count += 1
+        self.due = []
+        return Result(RC.OK, value=count)
+
+    # --- output -----------------------------------------------------------
+
+    def changes(self) -> Changes:
+        new_accounts = []
+        account_updates = []
+        for a in self.dirty_accounts.values():
+            if a.new:
+                new_accounts.append((a.id, a.kind, a.currency, a.owner, a.limit, int(a.closed),
+                                     a.dp, a.cp, a.dpend, a.cpend, a.created_at))
+            else:
+                account_updates.append((a.dp, a.cp, a.dpend, a.cpend, int(a.closed), a.id))
+        new_states = []
+        state_updates = []
+        for s in self.dirty_states.values():
+            if s.new:
+                new_states.append((s.id, s.pending_state, s.expires_at, s.resolved_by,
+                                   s.reversed_by, s.refunded))
+            else:
+                state_updates.append((s.pending_state, s.resolved_by, s.reversed_by, s.refunded,
+                                      s.id))
+        return Changes(
+            new_accounts=new_accounts,
+            account_updates=account_updates,
+            new_transfers=self.new_transfers,
+            new_states=new_states,
+            state_updates=state_updates,
+            rejections=self.new_rejections,
+            batch_inserts=[(t, self.batches[t], self.now) for t in sorted(self.dirty_batches)
+                           if t in self.batches and t not in self.loaded_batches],
+            batch_updates=[(self.batches[t], self.now, t) for t in sorted(self.dirty_batches)
+                           if t in self.loaded_batches],
+            closures=self.closures,
+        )
+
+
+def apply_batch(store: Store, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+    """Apply `groups` in order inside the store's open transaction; write the net changes.
+
+    Returns one list of results per group. Raises only what the store raises.
+    """
+    batch = _Batch(now_us)
+    batch.load(store, groups)
+    results = [batch.run_group(g) for g in groups]
+    store.write(batch.changes())
+    return results

@@ -1,0 +1,267 @@
+"""The writer: one task, group commit, results delivered only after a durable commit.
+
+Operations: `submit` (independent operations), `submit_linked` (all or
+nothing), `execute` (one operation), and read queries that bypass the writer.
+
+Plan: callers append a request to a queue and sleep. The writer task takes
+everything queued (up to `max_batch` groups), runs it in a worker thread as
+one database transaction (`backend.apply`), and when COMMIT has returned (the
+data is on disk), wakes each caller with its own results. While one batch
+commits, the next one accumulates, so the batch size adapts to the load by
+itself: one operation when idle, thousands under load, one fsync each time.
+
+Resource handling: `open_ledger` owns a nursery holding the writer and the
+expiry sweeper. Leaving it stops new submissions (LedgerClosed), lets the
+writer drain everything already queued, then closes the database.
+
+Error handling: a rule violation is a result code for that operation only
+(see core.py). A failed commit (disk full, connection lost, ...) raises
+CommitFailed in every caller of that batch, and the writer goes on with the
+next batch; nothing acknowledged is lost, because nothing is acknowledged
+before its commit returned. A caller cannot be cancelled out of a submission
+once queued (it would not know whether its money moved): its cancellation
+takes effect when the result arrives, one commit later at most. The database
+call itself is shielded too, so results of a batch that committed are always
+delivered, even if the ledger's nursery is being cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, date, tzinfo
+from typing import Any, Protocol, TypeVar
+
+import outcome
+import trio
+
+from . import queries
+from .config import LedgerConfig
+from .core import ExpireDue, Group
+from .model import (
+    Account,
+    CommitFailed,
+    LedgerClosed,
+    Op,
+    Result,
+    SettlementTotals,
+    TransferRecord,
+)
+from .queries import Dialect
+
+log = logging.getLogger("switchd.ledger")
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """A database behind the ledger; every method blocks and runs in a worker thread."""
+
+    name: str
+
+    def open(self) -> None: ...
+    def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]: ...
+    def read(self, fn: Callable[[Any, Dialect], T]) -> T: ...
+    def close(self) -> None: ...
+
+
+class _Request:
+    __slots__ = ("groups", "task")
+
+    def __init__(self, groups: list[Group], task: trio.lowlevel.Task) -> None:
+        self.groups = groups
+        self.task = task
+
+
+def _no_abort(_: Any) -> trio.lowlevel.Abort:
+    # Once queued, an operation may commit at any moment: the caller must hear
+    # the outcome, so its cancellation waits for the result.
+    return trio.lowlevel.Abort.FAILED
+
+
+class Ledger:
+    """Use through `open_ledger`; safe to share among any number of trio tasks."""
+
+    def __init__(self, backend: Backend, config: LedgerConfig) -> None:
+        self.backend = backend
+        self.config = config
+        self._queue: deque[_Request] = deque()
+        self._wakeup = trio.Event()
+        self._closing = False
+        self._idle = trio.Event()
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(8)
+        self._sweeper_scope = trio.CancelScope()
+        # Counters for metrics and the benchmark.
+        self.commits = 0
+        self.committed_ops = 0
+        self.failed_commits = 0
+
+    # --- writing ----------------------------------------------------------
+
+    async def submit(self, ops: Sequence[Op]) -> list[Result]:
+        """Apply independent operations; one result each, in order, once durable."""
+        if not ops:
+            return []
+        return await self._enqueue([Group((op,)) for op in ops])
+
+    async def submit_linked(self, ops: Sequence[Op]) -> list[Result]:
+        """Apply operations all or nothing: if one fails, it carries the reason
+        and every other one LINKED_EVENT_FAILED, and nothing changed."""
+        if not ops:
+            return []
+        return await self._enqueue([Group(tuple(ops), linked=True)])
+
+    async def execute(self, op: Op) -> Result:
+        """One operation, one result."""
+        return (await self._enqueue([Group((op,))]))[0]
+
+    async def _enqueue(self, groups: list[Group]) -> list[Result]:
+        if self._closing:
+            raise LedgerClosed("the ledger is closing; nothing was applied")
+        self._queue.append(_Request(groups, trio.lowlevel.current_task()))
+        self._wakeup.set()
+        return await trio.lowlevel.wait_task_rescheduled(_no_abort)  # type: ignore[no-any-return]
+
+    async def _run_writer(self) -> None:
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup = trio.Event()
+                    await self._wakeup.wait()
+                    continue
+                await self._commit_next()
+        finally:
+            # Cancelled or closing: whatever is still queued never reached the
+            # database, and its callers must not sleep forever.
+            while self._queue:
+                req = self._queue.popleft()
+                trio.lowlevel.reschedule(req.task, outcome.Error(LedgerClosed(
+                    "the ledger closed before this operation reached the database")))
+
+    async def _commit_next(self) -> None:
+        taken: list[_Request] = []
+        groups: list[Group] = []
+        while self._queue and len(groups) < self.config.max_batch:
+            req = self._queue.popleft()
+            taken.append(req)
+            groups.extend(req.groups)
+        now_us = time.time_ns() // 1000
+        try:
+            with trio.CancelScope(shield=True):
+                results = await trio.to_thread.run_sync(
+                    self.backend.apply, groups, now_us, limiter=self._write_limiter)
+        except Exception as exc:
+            self.failed_commits += 1
+            if not isinstance(exc, CommitFailed):
+                log.exception("ledger: unexpected error committing a batch")
+            log.error("ledger: commit of %d groups failed: %s", len(groups), exc)
+            message = str(exc) if isinstance(exc, CommitFailed) else f"internal error: {exc!r}"
+            for req in taken:
+                err = CommitFailed(message)
+                err.__cause__ = exc
+                trio.lowlevel.reschedule(req.task, outcome.Error(err))
+            return
+        self.commits += 1
+        self.committed_ops += len(groups)
+        i = 0
+        for req in taken:
+            n = len(req.groups)
+            if n == 1:
+                mine = results[i]
+            else:
+                mine = [r for group_results in results[i : i + n] for r in group_results]
+            i += n
+            trio.lowlevel.reschedule(req.task, outcome.Value(mine))
+
+    async def _run_sweeper(self) -> None:
+        with self._sweeper_scope:
+            while not self._closing:
+                await trio.sleep(self.config.expiry_interval_s)
+                try:
+                    await self._enqueue([Group((ExpireDue(),))])
+                except (CommitFailed, LedgerClosed) as exc:
+                    log.warning("ledger: expiry sweep failed: %s", exc)
+
+    async def expire_due(self, limit: int = 1000) -> int:
+        """Release holds whose expiry has passed now (the sweeper does it every second)."""
+        result = (await self._enqueue([Group((ExpireDue(limit),))]))[0]
+        return result.value or 0
+
+    def _begin_close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        self._sweeper_scope.cancel()
+
+    # --- reading ----------------------------------------------------------
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        def run(conn: Any, dialect: Dialect) -> T:
+            return fn(conn, dialect, *args)
+
+        return await trio.to_thread.run_sync(self.backend.read, run, limiter=self._read_limiter)
+
+    async def account(self, account_id: int) -> Account | None:
+        """The account with its balances (integers, minor units), or None."""
+        return await self._read(queries.get_account, account_id)
+
+    async def transfer(self, transfer_id: int) -> TransferRecord | None:
+        return await self._read(queries.get_transfer, transfer_id)
+
+    async def transfers_by_batch(self, terminal_id: str, batch: int) -> list[TransferRecord]:
+        return await self._read(queries.transfers_by_batch, terminal_id, batch)
+
+    async def transfers_by_merchant_day(self, merchant_id: str, day: date,
+                                        tz: tzinfo = UTC) -> list[TransferRecord]:
+        start, end = queries.day_bounds_us(day, tz)
+        return await self._read(queries.transfers_by_merchant, merchant_id, start, end)
+
+    async def settlement_totals(self, terminal_id: str, batch: int) -> SettlementTotals:
+        return await self._read(queries.settlement_totals, terminal_id, batch)
+
+    async def current_batch(self, terminal_id: str) -> int:
+        """The terminal's open batch number (1 for a terminal never settled)."""
+        return await self._read(queries.current_batch, terminal_id)
+
+    async def audit(self) -> list[str]:
+        """Recompute all balances from the transfers; an empty list means consistent."""
+        return await self._read(queries.audit)
+
+
+def make_backend(config: LedgerConfig) -> Backend:
+    if config.backend == "sqlite":
+        from .sqlite_backend import SqliteBackend
+
+        return SqliteBackend(config.sqlite_path())
+    from .postgres_backend import PostgresBackend
+
+    pg = config.postgres
+    return PostgresBackend(pg.dsn, schema=pg.schema, pool_min=pg.pool_min, pool_max=pg.pool_max,
+                           connect_timeout_s=pg.connect_timeout_s)
+
+
+@asynccontextmanager
+async def open_ledger(config: LedgerConfig, backend: Backend | None = None
+                      ) -> AsyncIterator[Ledger]:
+    """Open the database (running migrations), start the writer, yield the ledger.
+
+    On exit: no new submissions, queued ones are committed, the database closed.
+    """
+    backend = backend if backend is not None else make_backend(config)
+    await trio.to_thread.run_sync(backend.open)
+    try:
+        async with trio.open_nursery() as nursery:
+            ledger = Ledger(backend, config)
+            nursery.start_soon(ledger._run_writer)
+            nursery.start_soon(ledger._run_sweeper)
+            try:
+                yield ledger
+            finally:
+                ledger._begin_close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(backend.close)

@@ -1,0 +1,216 @@
+"""The embedded backend: one SQLite file in WAL mode, fsync on every commit.
+
+Durability: `journal_mode=WAL` + `synchronous=FULL` fsyncs the WAL at each
+commit, so a transaction acknowledged by the writer survives a process kill
+or a power cut. Group commit is what pays for that fsync: one per batch.
+
+Concurrency: one writer connection, used only by the writer's worker thread;
+each batch runs in `BEGIN IMMEDIATE`, which takes SQLite's write lock first,
+so even a second process on the same file (not a supported deployment, but
+not a corrupting one) is serialized before it reads what it will change.
+Readers use their own connections and see the last commit.
+
+Error handling: any database error during a batch rolls the transaction back
+and becomes `CommitFailed` for the whole batch; the connection stays usable
+(SQLite errors such as SQLITE_FULL leave it open), and if it is not, the next
+batch reopens it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .core import Changes, Group, apply_batch
+from .migrations import CREATE_VERSION_TABLE, pending_migrations
+from .model import CommitFailed, Result
+from .queries import Dialect
+
+T = TypeVar("T")
+
+#: SQLite's default limit on host parameters is 32766 (3.32+); stay well below.
+_CHUNK = 4000
+#: How long a writer waits for the file lock held by another connection.
+_BUSY_TIMEOUT_MS = 5000
+
+
+def _chunks(ids: list[Any]) -> Iterable[list[Any]]:
+    for i in range(0, len(ids), _CHUNK):
+        yield ids[i : i + _CHUNK]
+
+
+class _SqliteStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def _in(self, select: str, ids: list[Any]) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for part in _chunks(ids):
+            marks = ",".join("?" * len(part))
+            out.extend(self.conn.execute(select.format(marks), part).fetchall())
+        return out
+
+    def load_due_pending(self, now_us: int, limit: int) -> list[bytes]:
+        rows = self.conn.execute(
+            "SELECT id FROM transfer_state WHERE pending_state = 'pending'"
+            " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now_us, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    def load_states(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
+        return self._in("SELECT id, pending_state, expires_at, resolved_by, reversed_by, refunded"
+                        " FROM transfer_state WHERE id IN ({})", ids)
+
+    def load_transfers(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
+        return self._in("SELECT id, type, debit_account_id, credit_account_id, amount, ref_id,"
+                        " expires_at, post_tolerance, fingerprint FROM transfers WHERE id IN ({})",
+                        ids)
+
+    def load_rejections(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
+        return self._in("SELECT id, fingerprint, code FROM rejections WHERE id IN ({})", ids)
+
+    def load_accounts(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
+        return self._in("SELECT id, kind, currency, owner, credit_limit, closed, debits_posted,"
+                        " credits_posted, debits_pending, credits_pending, created_at"
+                        " FROM accounts WHERE id IN ({})", ids)
+
+    def load_terminal_batches(self, tids: list[str]) -> list[tuple[Any, ...]]:
+        return self._in("SELECT terminal_id, current_batch FROM terminal_batches"
+                        " WHERE terminal_id IN ({})", tids)
+
+    def write(self, ch: Changes) -> None:
+        c = self.conn
+        if ch.new_accounts:
+            c.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?)", ch.new_accounts)
+        if ch.account_updates:
+            c.executemany("UPDATE accounts SET debits_posted = ?, credits_posted = ?,"
+                          " debits_pending = ?, credits_pending = ?, closed = ? WHERE id = ?",
+                          ch.account_updates)
+        if ch.new_transfers:
+            c.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                          ch.new_transfers)
+        if ch.new_states:
+            c.executemany("INSERT INTO transfer_state VALUES (?,?,?,?,?,?)", ch.new_states)
+        if ch.state_updates:
+            c.executemany("UPDATE transfer_state SET pending_state = ?, resolved_by = ?,"
+                          " reversed_by = ?, refunded = ? WHERE id = ?", ch.state_updates)
+        if ch.rejections:
+            c.executemany("INSERT INTO rejections VALUES (?,?,?,?)", ch.rejections)
+        if ch.batch_inserts:
+            c.executemany("INSERT INTO terminal_batches VALUES (?,?,?)", ch.batch_inserts)
+        if ch.batch_updates:
+            c.executemany("UPDATE terminal_batches SET current_batch = ?, updated_at = ?"
+                          " WHERE terminal_id = ?", ch.batch_updates)
+        if ch.closures:
+            c.executemany("INSERT OR IGNORE INTO batch_closures VALUES (?,?,?)", ch.closures)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the module
+    # never opens a transaction behind our back.
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           timeout=_BUSY_TIMEOUT_MS / 1000)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class SqliteBackend:
+    """Blocking; every method runs in a worker thread, never on the event loop."""
+
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dialect = Dialect("sqlite")
+        self._writer: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._all: list[sqlite3.Connection] = []
+        # Tests use this to reach the writer connection and inject real faults.
+        self.on_writer_open: Callable[[sqlite3.Connection], None] | None = None
+
+    def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._writer_conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(CREATE_VERSION_TABLE)
+            applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            for version, description, statements in pending_migrations(applied, "sqlite"):
+                for stmt in statements:
+                    conn.execute(stmt)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                             (version, description, int(time.time() * 1e6)))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _writer_conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = _connect(self.path)
+            self._all.append(self._writer)
+            if self.on_writer_open is not None:
+                self.on_writer_open(self._writer)
+        return self._writer
+
+    def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+        try:
+            conn = self._writer_conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._drop_writer()
+            raise CommitFailed(f"sqlite: cannot begin a transaction: {exc}") from exc
+        try:
+            results = apply_batch(_SqliteStore(conn), groups, now_us)
+            conn.execute("COMMIT")
+            return results
+        except sqlite3.Error as exc:
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                self._drop_writer()
+            raise CommitFailed(f"sqlite: batch of {len(groups)} not committed: {exc}") from exc
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _drop_writer(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            self._writer = None
+
+    def read(self, fn: Callable[[Any, Dialect], T]) -> T:
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._all.append(conn)
+        try:
+            return fn(conn, self.dialect)
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            with self._readers_lock:
+                self._readers.append(conn)
+
+    def close(self) -> None:
+        with self._readers_lock:
+            conns, self._all, self._readers = self._all, [], []
+        self._writer = None
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
