@@ -41,6 +41,16 @@ _NODE_FAILURES = (
 )
 
 
+# Commands that may be sent again after a failure that left their fate
+# unknown (sent, no reply): none of them changes state in the HSM, so a repeat
+# is harmless (A0 makes a second key and the first is never stored). A
+# command not listed fails at once instead of being repeated.
+SAFE_TO_RETRY = frozenset(
+    {"NC", "B2", "A0", "A6", "A8", "BU", "BA", "CA", "CC", "DC", "EC", "DG", "JE", "JG",
+     "M6", "M8"}
+)  # fmt: skip
+
+
 class HsmUnavailable(Exception):
     """No HSM answered the request (all out of rotation, or every attempt failed)."""
 
@@ -256,6 +266,8 @@ class HsmPool:
                     result = "ok"
                     return value
                 tried.add(node)
+                if name not in SAFE_TO_RETRY:
+                    break
             raise HsmUnavailable(f"{name}: no HSM answered ({last})") from last
         finally:
             metrics.REQUESTS.labels(name, result).inc()
