@@ -12,7 +12,7 @@ from hsm.context import HsmContext
 from hsm.core import HsmCore, reply_code
 from hsm.crypto import fix_parity, has_odd_parity, kcv, retail_mac
 from hsm.framing import FrameSplitter, FrameTooLarge, encode_frame
-from hsm.lmk import TEST_LMK_PAIRS, LmkError, LmkSet, parse_lmk_text
+from hsm.lmk import TEST_LMK_PAIRS, LmkError, LmkSet, parse_lmk_text, thales_test_lmk
 from hsm.pinblock import account12_from_pan, decode_pin_block, encode_pin_block
 from hsm.testing import key_under_lmk, pin_block
 
@@ -165,3 +165,49 @@ def test_lmk_file_format(lmk: LmkSet) -> None:
 def test_lmk_file_errors(edit, message: str) -> None:
     with pytest.raises(LmkError, match=message):
         parse_lmk_text(edit(_lmk_text()))
+
+
+# --- fuzzing the core: every input gets a well-formed reply, never an internal error -------
+
+_FUZZ_CORE = HsmCore(HsmContext(thales_test_lmk()))
+_VALID = [
+    b"A01001UU0A26760BD07871026B6702C5F9BA25B3U",
+    b"A0002U;1U0A26760BD07871026B6702C5F9BA25B3X",
+    b"A6001UE13D662B185F5F3B08594F89F1FF903AX7BC09407A015F72FC59C32147D2AAE57U",
+    b"A8001UE13D662B185F5F3B08594F89F1FF903AU0B7C6F68A38FA3C2CB42C2991576A986X",
+    b"BUFF1U0B7C6F68A38FA3C2CB42C2991576A986;001;001",
+    b"M600130003U90A17A99E4BA32475E692D7AAE177BBD00101234567887654321",
+    b"M800130008U2549A1834EFDDC9629CBD8DC5C982D7500101234567887654321A1C911EBA50563C9",
+    b"CCT971803BA969012152827CC97A98D18D50BE6559CDFF6F7E1U247078713614BE11F819054C5FFB08FF"
+    b"12F2B66A1070EADC470501000001000376",
+    b"CAU61F612B4FD859AA204D0D2414F18C29FU247078713614BE11F819054C5FFB08FF"
+    b"12F2B66A1070EADC470101000001000376",
+    b"DCU61F612B4FD859AA204D0D2414F18C29FU61F612B4FD859AA204D0D2414F18C29F"
+    b"F2B66A1070EADC47010000010003761234",
+    b"DGU61F612B4FD859AA204D0D2414F18C29F123450000010003761",
+    b"BA1234F0000010003761",
+    b"JEU247078713614BE11F819054C5FFB08FFF2B66A1070EADC4701000001000376",
+    b"JGU247078713614BE11F819054C5FFB08FF0100000100037612345",
+    b"B20004PING",
+    b"NC",
+]
+_MUTANT_CHARS = st.sampled_from(list(b"0123456789ABCDEFUTXYZ;\x19LQ%\x00\xff"))
+
+
+@given(st.sampled_from(_VALID), st.integers(0, 200), st.integers(0, 3), _MUTANT_CHARS)
+def test_core_never_fails_internally(valid: bytes, at: int, how: int, char: int) -> None:
+    """Truncated, altered, extended or shortened versions of valid commands."""
+    at = 2 + at % (len(valid) - 1)  # keep the command code
+    if how == 0:
+        fields = valid[:at]
+    elif how == 1:
+        fields = valid[:at] + bytes((char,)) + valid[at + 1 :]
+    elif how == 2:
+        fields = valid[:at] + bytes((char,)) + valid[at:]
+    else:
+        fields = valid[:at] + valid[at + 1 :]
+    reply = _FUZZ_CORE.handle(b"HDR1" + fields)
+    assert reply[:4] == b"HDR1"
+    assert reply[4:6] == reply_code(valid[:2])
+    code = reply[6:8]
+    assert code.isdigit() and code != b"41", (fields, reply)
