@@ -100,13 +100,17 @@ class HsmConnection:
         self._pending[header] = slot
         self._outbox.append(encode_frame(header + body))
         self._wake.set()
-        with trio.move_on_after(timeout):
-            await slot.event.wait()
-        if not slot.event.is_set():
-            if self._pending.pop(header, None) is not None:
+        try:
+            with trio.move_on_after(timeout):
+                await slot.event.wait()
+        finally:
+            # Timed out, or the caller was cancelled: forget the request, but
+            # remember its header so that its late reply is not an error.
+            if not slot.event.is_set() and self._pending.pop(header, None) is not None:
                 if len(self._expired) >= _MAX_EXPIRED:
                     self._expired.clear()  # very late replies then count as errors
                 self._expired.add(header)
+        if not slot.event.is_set():
             raise HsmTimeout(f"{body[:2].decode('latin-1')} to {self.name} timed out")
         if slot.error is not None:
             raise slot.error

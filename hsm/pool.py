@@ -121,9 +121,13 @@ class HsmNode:
                     pool.changed()
                     await self._health_loop()
                 except _NODE_FAILURES as exc:
-                    log.warning("HSM %s unavailable: %s", self.name, exc or type(exc).__name__)
+                    reason = str(exc) or type(exc).__name__
+                    if self.up:
+                        self.mark_down(reason)
+                    else:
+                        log.warning("HSM %s unavailable: %s", self.name, reason)
                 nursery.cancel_scope.cancel()
-            self.mark_down("supervisor restarting")
+            self.mark_down("supervisor restarting", quiet=True)
             self.conns.clear()
             self._gauge_conns.set(0)
             await trio.sleep(backoff * random.uniform(0.8, 1.2))

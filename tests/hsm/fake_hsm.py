@@ -17,6 +17,7 @@ GARBAGE = "garbage"  # well-framed random bytes
 HUGE = "huge"  # a length prefix no HSM would send
 WRONG_HEADER = "wrong_header"  # echoes a header that was never sent
 WRONG_CODE = "wrong_code"  # answers with a reply code for another command
+SLOW = "slow"  # answers correctly after `delay` seconds
 
 
 class FakeHsm:
@@ -24,6 +25,7 @@ class FakeHsm:
         self.core = HsmCore(HsmContext(lmk))
         self.mode = NORMAL
         self.requests = 0
+        self.delay = 0.2
         self.cancel = trio.CancelScope()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -42,6 +44,8 @@ class FakeHsm:
                     splitter.feed(data)
                     for frame in splitter.frames():
                         self.requests += 1
+                        if self.mode == SLOW:
+                            await trio.sleep(self.delay)
                         out = self._answer(frame)
                         if out:
                             await stream.send_all(out)

@@ -15,7 +15,7 @@ from hsm.server import serve_hsm
 from hsm.testing import clear_key, key_under_lmk, pin_block, pin_under_lmk, pvv
 
 from .conftest import LOCALHOST
-from .fake_hsm import GARBAGE, HUGE, NORMAL, SILENT, WRONG_CODE, WRONG_HEADER, FakeHsm
+from .fake_hsm import GARBAGE, HUGE, NORMAL, SILENT, SLOW, WRONG_CODE, WRONG_HEADER, FakeHsm
 
 ACCOUNT = "400000123456"
 PVKI = "1"
@@ -269,3 +269,19 @@ async def test_client_rejects_bad_fields(hsm_port: int) -> None:
             await hsm.translate_pin("U" + "0" * 31, "U" + "0" * 32, "0" * 16, "1" * 12)
         with pytest.raises(ValueError):
             await hsm.verify_pin_pvv("U" + "0" * 32, "U" + "0" * 32, "0" * 16, "123", "1", "1234")
+
+
+async def test_cancelled_caller_leaves_no_pending_and_late_reply_is_harmless(
+    nursery: trio.Nursery, lmk: LmkSet
+) -> None:
+    fake, addr = await _start_fake(nursery, lmk)
+    async with open_hsm_client([addr], pool_size=1, timeout=2.0) as hsm:
+        conn = hsm.pool.nodes[0].conns[0]
+        fake.mode = SLOW
+        with trio.move_on_after(0.05):  # the caller's own deadline, shorter than the HSM's
+            await hsm.echo(b"late")
+        assert conn.in_flight == 0
+        fake.mode = NORMAL
+        await trio.sleep(0.3)  # the late reply arrives and is dropped quietly
+        assert await hsm.echo(b"next") == b"next"
+        assert not conn.closed and hsm.pool.nodes[0].up
