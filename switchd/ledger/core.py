@@ -66,6 +66,9 @@ MAX_TEXT_LEN = 64
 RC = ResultCode
 _OK = Result(RC.OK)
 _PENDING = PendingState.PENDING.value
+#: Fingerprint of a rejection recorded for an id nobody submitted yet: a
+#: transfer reversed before it arrived. Real fingerprints are hashes, never this.
+TOMBSTONE = bytes(16)
 
 
 class ExpireDue(msgspec.Struct, frozen=True, tag="expire_due"):
@@ -204,6 +207,9 @@ class _Batch:
         self.loaded_batches: set[str] = set()
         self.closures: list[tuple[object, ...]] = []
         self.due: list[bytes] = []
+        # Rejections for originals that a reversal overtook. Kept apart from
+        # new_rejections: a failing reversal is undone, its tombstone is not.
+        self.tombstones: list[tuple[object, ...]] = []
         self.journal: list[Callable[[], None]] = []
         # (id, fingerprint) of the op being applied, once it is known to be new:
         # if it fails, that is what the rejection is stored under.
@@ -259,8 +265,8 @@ class _Batch:
                 if x.id in refs:
                     accts.add(x.debit)
                     accts.add(x.credit)
-        if new_ids:
-            for rid, fp, code in store.load_rejections(sorted(new_ids)):
+        if xids:
+            for rid, fp, code in store.load_rejections(sorted(xids)):
                 self.rejections[rid] = (fp, code)
         if accts:
             for row in store.load_accounts(sorted(accts)):
@@ -283,7 +289,9 @@ class _Batch:
             result = self._apply_guarded(op)
             results.append(result)
             evaluated.append(self.candidate)
-            if not result.ok:
+            if not result.ok and not (result.duplicate and result.code is RC.LINKED_EVENT_FAILED):
+                # (A member recorded as failed only because of another one does
+                # not decide a repeated group: the member that did decides it.)
                 failed = i
                 break
         if failed is None:
@@ -368,6 +376,8 @@ class _Batch:
             return Result(RC.OK, duplicate=True) if x.fp == fp else Result(RC.ID_EXISTS_DIFFERENT)
         rej = self.rejections.get(idb)
         if rej is not None:
+            if rej[0] == TOMBSTONE:
+                return Result(RC.ALREADY_REVERSED)
             if rej[0] != fp:
                 return Result(RC.ID_EXISTS_DIFFERENT)
             return Result(RC(rej[1]), duplicate=True)
@@ -523,11 +533,18 @@ class _Batch:
         self._insert(x, op.code, op.meta)
         return _OK
 
-    def _original(self, value: object) -> _Xfer:
+    def _original(self, value: object, tombstone: bool = False) -> _Xfer:
         if type(value) is not int or not valid_id(value):
             raise _Reject(RC.ORIGINAL_NOT_FOUND)
-        x = self.transfers.get(to_bytes(value))
+        xid = to_bytes(value)
+        x = self.transfers.get(xid)
         if x is None:
+            if tombstone and xid not in self.rejections:
+                # A reversal that overtook its original: answer it (the host
+                # answers 00 either way) and make sure the original, should it
+                # still arrive, is refused rather than posted un-reversed.
+                self.rejections[xid] = (TOMBSTONE, RC.ALREADY_REVERSED.value)
+                self.tombstones.append((xid, TOMBSTONE, RC.ALREADY_REVERSED.value, self.now))
             raise _Reject(RC.ORIGINAL_NOT_FOUND)
         return x
 
@@ -616,7 +633,7 @@ class _Batch:
         bad = self._bad_fields(op.code, op.meta)
         if bad is not None:
             return bad
-        orig = self._original(op.original_id)
+        orig = self._original(op.original_id, tombstone=True)
         if orig.type == TransferType.PENDING.value:
             return Result(RC.ORIGINAL_IS_PENDING)
         if orig.type == TransferType.VOID.value:
@@ -749,7 +766,7 @@ class _Batch:
             new_transfers=self.new_transfers,
             new_states=new_states,
             state_updates=state_updates,
-            rejections=self.new_rejections,
+            rejections=self.new_rejections + self.tombstones,
             batch_inserts=[(t, self.batches[t], self.now) for t in sorted(self.dirty_batches)
                            if t in self.batches and t not in self.loaded_batches],
             batch_updates=[(self.batches[t], self.now, t) for t in sorted(self.dirty_batches)

@@ -215,6 +215,11 @@ class Ledger:
     async def transfers_by_batch(self, terminal_id: str, batch: int) -> list[TransferRecord]:
         return await self._read(queries.transfers_by_batch, terminal_id, batch)
 
+    async def request_transfers(self, terminal_id: str, batch: int, stan: int, kind: str
+                                ) -> list[TransferRecord]:
+        """The transfers (legs) one terminal request created: what a void or reversal undoes."""
+        return await self._read(queries.request_transfers, terminal_id, batch, stan, kind)
+
     async def transfers_by_merchant_day(self, merchant_id: str, day: date,
                                         tz: tzinfo = UTC) -> list[TransferRecord]:
         start, end = queries.day_bounds_us(day, tz)

@@ -98,6 +98,17 @@ def transfers_by_batch(conn: Conn, d: Dialect, terminal_id: str, batch: int
     return [_transfer(r) for r in rows]
 
 
+def request_transfers(conn: Conn, d: Dialect, terminal_id: str, batch: int, stan: int,
+                      kind: str) -> list[TransferRecord]:
+    """The legs one terminal request created, leg 0 first."""
+    rows = conn.execute(
+        d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
+              " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.stan = ? AND t.txn_kind = ?"
+              " ORDER BY t.leg"),
+        (terminal_id, batch, stan, kind)).fetchall()
+    return [_transfer(r) for r in rows]
+
+
 def transfers_by_merchant(conn: Conn, d: Dialect, merchant_id: str, start_us: int, end_us: int
                           ) -> list[TransferRecord]:
     rows = conn.execute(

@@ -1,0 +1,351 @@
+"""Every operation and reason code, on both backends."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import trio
+
+from switchd.ledger import (
+    AccountKind,
+    CloseAccount,
+    CloseBatch,
+    CreateAccount,
+    LedgerConfig,
+    PendingState,
+    PostPending,
+    ResultCode,
+    Reverse,
+    Transfer,
+    TransferType,
+    VoidPending,
+    WireMeta,
+    open_ledger,
+    transfer_id,
+)
+from switchd.ledger import flows
+from switchd.ledger.flows import Request
+
+from .helpers import CNY, make_chart
+
+RC = ResultCode
+
+
+async def test_accounts_and_idempotent_creation(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        chart = await make_chart(ledger, funds=0)
+        again = await ledger.execute(CreateAccount(chart.card, AccountKind.CARDHOLDER, CNY,
+                                                   owner="card-1"))
+        assert again.ok and again.duplicate
+        other = await ledger.execute(CreateAccount(chart.card, AccountKind.MERCHANT, CNY))
+        assert other.code is RC.ACCOUNT_EXISTS_DIFFERENT
+        acct = await ledger.account(chart.card)
+        assert acct is not None and acct.kind is AccountKind.CARDHOLDER
+        assert acct.credit_limit == 0 and acct.balance == 0 and acct.available == 0
+        assert (await ledger.account(chart.merchant)).credit_limit is None  # type: ignore[union-attr]
+        assert await ledger.account(424242) is None
+        bad = await ledger.submit([
+            CreateAccount(0, AccountKind.MERCHANT, CNY),
+            CreateAccount(5, "bogus", CNY),  # type: ignore[arg-type]
+            CreateAccount(6, AccountKind.MERCHANT, "TOOLONG"),
+            CreateAccount(7, AccountKind.CARDHOLDER, CNY, credit_limit=-1),
+        ])
+        assert [r.code for r in bad] == [RC.ID_INVALID, RC.ACCOUNT_INVALID, RC.ACCOUNT_INVALID,
+                                         RC.ACCOUNT_INVALID]
+
+
+async def test_transfer_rules(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=10_000)
+        await ledger.execute(CreateAccount(77, AccountKind.MERCHANT, "840"))
+        cases = [
+            (Transfer(1, c.card, c.merchant, 0, "sale"), RC.AMOUNT_INVALID),
+            (Transfer(2, c.card, c.merchant, -5, "sale"), RC.AMOUNT_INVALID),
+            (Transfer(3, c.card, c.card, 5, "sale"), RC.ACCOUNTS_SAME),
+            (Transfer(4, 999, c.merchant, 5, "sale"), RC.DEBIT_ACCOUNT_NOT_FOUND),
+            (Transfer(5, c.card, 999, 5, "sale"), RC.CREDIT_ACCOUNT_NOT_FOUND),
+            (Transfer(6, c.card, 77, 5, "sale"), RC.CURRENCY_MISMATCH),
+            (Transfer(7, c.card, c.merchant, 10_001, "sale"), RC.INSUFFICIENT_FUNDS),
+            (Transfer(8, c.card2, c.merchant, 5_001, "sale"), RC.CREDIT_LIMIT_EXCEEDED),
+            (Transfer(9, c.card, c.merchant, 5, ""), RC.CODE_INVALID),
+            (Transfer(10, c.card, c.merchant, 5, "sale", timeout_s=5), RC.TIMEOUT_INVALID),
+            (Transfer(0, c.card, c.merchant, 5, "sale"), RC.ID_INVALID),
+            (Transfer(2**128, c.card, c.merchant, 5, "sale"), RC.ID_INVALID),
+            (Transfer(11, c.card, c.merchant, 2**63, "sale"), RC.AMOUNT_INVALID),
+            (Transfer(12, c.card, c.merchant, 1.5, "sale"), RC.AMOUNT_INVALID),  # type: ignore[arg-type]
+            (Transfer(13, c.card, c.merchant, 5, "sale",
+                      meta=WireMeta("T1", "M1", -1, 1, "sale")), RC.META_INVALID),
+            (Transfer(14, c.card, c.merchant, 10_000, "sale"), RC.OK),  # exactly the balance
+            (Transfer(15, c.card2, c.merchant, 5_000, "sale"), RC.OK),  # exactly the limit
+        ]
+        results = await ledger.submit([op for op, _ in cases])
+        assert [r.code for r in results] == [code for _, code in cases]
+        card2 = await ledger.account(c.card2)
+        assert card2 is not None and card2.balance == -5_000 and card2.available == 0
+        assert await ledger.audit() == []
+
+
+async def test_idempotency_and_first_answer(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+        sale = Transfer(50, c.card, c.merchant, 400, "sale")
+        assert (await ledger.execute(sale)).ok
+        dup = await ledger.execute(sale)
+        assert dup.ok and dup.duplicate
+        changed = await ledger.execute(Transfer(50, c.card, c.merchant, 401, "sale"))
+        assert changed.code is RC.ID_EXISTS_DIFFERENT
+        # A declined request repeated gets the same decline, even once funds exist.
+        big = Transfer(51, c.card, c.merchant, 5_000, "sale")
+        assert (await ledger.execute(big)).code is RC.INSUFFICIENT_FUNDS
+        await ledger.execute(Transfer(52, c.suspense, c.card, 10_000, "deposit"))
+        again = await ledger.execute(big)
+        assert again.code is RC.INSUFFICIENT_FUNDS and again.duplicate
+        assert (await ledger.execute(Transfer(51, c.card, c.merchant, 6, "sale"))).code is \
+            RC.ID_EXISTS_DIFFERENT
+        card = await ledger.account(c.card)
+        assert card is not None and card.balance == 1_000 - 400 + 10_000
+        # Duplicates inside one commit: the first applies, the rest are duplicates.
+        results = await ledger.submit([Transfer(53, c.card, c.merchant, 10, "sale")] * 3)
+        assert [(r.ok, r.duplicate) for r in results] == [(True, False), (True, True),
+                                                          (True, True)]
+
+
+async def test_linked_group_all_or_nothing(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+        await ledger.execute(CloseAccount(c.fee))
+        req = Request("T0000001", "M0001", 1, 10)
+        results = await ledger.submit_linked(flows.sale(req, c.card, c.merchant, c.fee, 500, 5))
+        assert [r.code for r in results] == [RC.LINKED_EVENT_FAILED, RC.ACCOUNT_CLOSED]
+        assert (await ledger.account(c.card)).balance == 1_000  # type: ignore[union-attr]
+        assert await ledger.transfer(req.id("sale", 0)) is None
+        # The same group repeated gets the same answer.
+        again = await ledger.submit_linked(flows.sale(req, c.card, c.merchant, c.fee, 500, 5))
+        assert [r.code for r in again] == [RC.LINKED_EVENT_FAILED, RC.ACCOUNT_CLOSED]
+        # A failing group next to a good one in the same commit leaves the good one alone.
+        good = Request("T0000001", "M0001", 1, 11)
+        async with trio.open_nursery() as n:
+            out: dict[str, object] = {}
+
+            async def run(name: str, ops: list) -> None:  # type: ignore[type-arg]
+                out[name] = await ledger.submit_linked(ops)
+
+            n.start_soon(run, "bad", [Transfer(60, c.card, c.merchant, 100, "sale"),
+                                      Transfer(61, c.card, c.merchant, 5_000, "sale")])
+            n.start_soon(run, "good", [Transfer(good.id("x"), c.card, c.merchant, 100, "sale")])
+        assert [r.code for r in out["bad"]] == [RC.LINKED_EVENT_FAILED,  # type: ignore[attr-defined]
+                                                RC.INSUFFICIENT_FUNDS]
+        assert out["good"][0].ok  # type: ignore[index]
+        assert (await ledger.account(c.card)).balance == 900  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+
+
+async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=100_000)
+        tid, mid = "T0000002", "M0001"
+        s1 = Request(tid, mid, 1, 1, rrn="000000000001", masked_pan="622202******1234")
+        s2 = Request(tid, mid, 1, 2)
+        s3 = Request(tid, mid, 1, 3)
+        for req, amount in ((s1, 10_000), (s2, 20_000), (s3, 5_000)):
+            fee = flows.fee_amount(amount, 60)
+            res = await ledger.submit_linked(flows.sale(req, c.card, c.merchant, c.fee, amount,
+                                                         fee))
+            assert all(r.ok for r in res)
+        assert (await ledger.account(c.fee)).balance == 60 + 120 + 30  # type: ignore[union-attr]
+        # Void s2 (a new STAN), twice: undone once.
+        void = Request(tid, mid, 1, 4)
+        legs = await ledger.request_transfers(tid, 1, 2, "sale")
+        assert [t.meta.leg for t in legs] == [0, 1]  # type: ignore[union-attr]
+        for _ in range(2):
+            res = await ledger.submit_linked(flows.undo(void, "void", legs))
+            assert all(r.ok for r in res)
+        assert (await ledger.account(c.card)).balance == 100_000 - 15_000  # type: ignore[union-attr]
+        # A reversal (0400) of s3 removes it from the totals altogether.
+        rev = Request(tid, mid, 1, 3)
+        res = await ledger.submit_linked(
+            flows.undo(rev, "reversal", await ledger.request_transfers(tid, 1, 3, "sale")))
+        assert all(r.ok for r in res)
+        # A second reversal of an already-reversed leg by a different id is refused.
+        again = await ledger.execute(Reverse(777, s1.id("sale", 0)))
+        assert again.code is RC.OK
+        assert (await ledger.execute(Reverse(778, s1.id("sale", 0)))).code is RC.ALREADY_REVERSED
+        totals = await ledger.settlement_totals(tid, 1)
+        # debits: s1 (its reversal above has no wire kind, so it is not a 0400) and s2;
+        # credits: the void of s2.
+        assert (totals.debit_amount, totals.debit_count) == (30_000, 2)
+        assert (totals.credit_amount, totals.credit_count) == (20_000, 1)
+        records = await ledger.transfers_by_batch(tid, 1)
+        assert {r.meta.kind for r in records} == {"sale", "void", "reversal"}  # type: ignore[union-attr]
+        today = datetime.now(UTC).date()
+        report = await ledger.transfers_by_merchant_day(mid, today)
+        assert len(report) == len(records)
+        assert report[0].meta.masked_pan == "622202******1234"  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+
+
+async def test_reversal_overtaking_its_original(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        req = Request("T0000003", "M0001", 1, 9)
+        res = await ledger.submit_linked(flows.undo_missing(req, "reversal", req.id("sale", 0)))
+        assert res[0].code is RC.ORIGINAL_NOT_FOUND
+        late = await ledger.submit_linked(flows.sale(req, c.card, c.merchant, c.fee, 100, 1))
+        assert late[0].code is RC.ALREADY_REVERSED
+        assert (await ledger.account(c.card)).balance == 100_000  # type: ignore[union-attr]
+
+
+async def test_refunds(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        sale = Request("T0000004", "M0001", 1, 1)
+        await ledger.submit_linked(flows.sale(sale, c.card, c.merchant, c.fee, 10_000, 60))
+        leg0, leg1 = sale.id("sale", 0), sale.id("sale", 1)
+        r1 = await ledger.submit_linked(flows.refund(Request("T0000004", "M0001", 1, 2), c.card,
+                                                     c.merchant, leg0, 4_000, c.fee, leg1, 24))
+        assert all(r.ok for r in r1)
+        r2 = await ledger.submit_linked(flows.refund(Request("T0000004", "M0001", 1, 3), c.card,
+                                                     c.merchant, leg0, 6_001))
+        assert r2[0].code is RC.REFUND_EXCEEDS_ORIGINAL
+        r3 = await ledger.submit_linked(flows.refund(Request("T0000004", "M0001", 1, 4), c.card,
+                                                     c.merchant, leg0, 6_000))
+        assert r3[0].ok
+        rec = await ledger.transfer(leg0)
+        assert rec is not None and rec.refunded == 10_000
+        wrong_way = await ledger.execute(Transfer(90, c.card, c.merchant, 1, "refund",
+                                                  refund_of=leg0))
+        assert wrong_way.code is RC.REFUND_ACCOUNTS_MISMATCH
+        missing = await ledger.execute(Transfer(91, c.merchant, c.card, 1, "refund",
+                                                refund_of=12345))
+        assert missing.code is RC.ORIGINAL_NOT_FOUND
+        assert (await ledger.execute(Reverse(92, leg0))).code is RC.ORIGINAL_HAS_REFUNDS
+        # A reversed sale cannot be refunded.
+        s2 = Request("T0000004", "M0001", 1, 5)
+        await ledger.submit_linked(flows.sale(s2, c.card, c.merchant, c.fee, 1_000, 0))
+        await ledger.execute(Reverse(93, s2.id("sale")))
+        late = await ledger.execute(Transfer(94, c.merchant, c.card, 1, "refund",
+                                             refund_of=s2.id("sale")))
+        assert late.code is RC.ALREADY_REVERSED
+        totals = await ledger.settlement_totals("T0000004", 1)
+        assert (totals.credit_amount, totals.credit_count) == (10_000, 2)
+        assert await ledger.audit() == []
+
+
+async def test_preauth_lifecycle(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=10_000)
+        tid = "T0000005"
+        pa = Request(tid, "M0001", 1, 1)
+        assert (await ledger.submit_linked(flows.preauth(pa, c.card, c.merchant, 6_000, 3600,
+                                                         tolerance=600)))[0].ok
+        card = await ledger.account(c.card)
+        assert card is not None and (card.balance, card.debits_pending, card.available) == (
+            10_000, 6_000, 4_000)
+        # The hold counts against available funds.
+        assert (await ledger.execute(Transfer(70, c.card, c.merchant, 4_001, "sale"))).code is \
+            RC.INSUFFICIENT_FUNDS
+        comp = Request(tid, "M0001", 1, 2)
+        over = await ledger.submit_linked(flows.completion(comp, pa.id("preauth"), 6_601,
+                                                           c.merchant, c.fee, 0))
+        assert over[0].code is RC.EXCEEDS_PENDING_AMOUNT
+        comp2 = Request(tid, "M0001", 1, 3)
+        ok = await ledger.submit_linked(flows.completion(comp2, pa.id("preauth"), 6_600,
+                                                         c.merchant, c.fee, 40))
+        assert all(r.ok for r in ok)
+        card = await ledger.account(c.card)
+        assert card is not None and (card.balance, card.debits_pending) == (3_400, 0)
+        rec = await ledger.transfer(pa.id("preauth"))
+        assert rec is not None and rec.pending_state is PendingState.POSTED
+        assert (await ledger.execute(PostPending(71, pa.id("preauth")))).code is \
+            RC.PENDING_ALREADY_POSTED
+        assert (await ledger.execute(VoidPending(72, pa.id("preauth")))).code is \
+            RC.PENDING_ALREADY_POSTED
+        # Partial completion of a second hold, then cancel of a third.
+        pa2 = Request(tid, "M0001", 1, 4)
+        await ledger.submit_linked(flows.preauth(pa2, c.card, c.merchant, 1_000, 3600))
+        assert (await ledger.execute(PostPending(73, pa2.id("preauth"), 300))).ok
+        pa3 = Request(tid, "M0001", 1, 5)
+        await ledger.submit_linked(flows.preauth(pa3, c.card, c.merchant, 1_000, 3600))
+        cancel = await ledger.submit_linked(flows.preauth_cancel(Request(tid, "M0001", 1, 6),
+                                                                 pa3.id("preauth")))
+        assert cancel[0].ok
+        assert (await ledger.execute(PostPending(74, pa3.id("preauth")))).code is \
+            RC.PENDING_ALREADY_VOIDED
+        card = await ledger.account(c.card)
+        assert card is not None and (card.balance, card.debits_pending) == (3_100, 0)
+        # Completion void reverses the completion's legs.
+        legs = await ledger.request_transfers(tid, 1, 3, "completion")
+        undone = await ledger.submit_linked(flows.undo(Request(tid, "M0001", 1, 7),
+                                                       "completion_void", legs))
+        assert all(r.ok for r in undone)
+        totals = await ledger.settlement_totals(tid, 1)
+        assert (totals.debit_amount, totals.debit_count) == (6_600, 1)
+        assert (totals.credit_amount, totals.credit_count) == (6_600, 1)
+        assert (await ledger.execute(Reverse(75, pa2.id("preauth")))).code is \
+            RC.ORIGINAL_IS_PENDING
+        assert (await ledger.execute(PostPending(76, 70))).code is RC.PENDING_NOT_FOUND
+        assert await ledger.audit() == []
+
+
+async def test_pending_expiry(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+        assert (await ledger.execute(Transfer(80, c.card, c.merchant, 700, "preauth",
+                                              pending=True, timeout_s=1))).ok
+        assert (await ledger.account(c.card)).available == 300  # type: ignore[union-attr]
+        await trio.sleep(1.1)
+        # Before the sweep, posting an overdue hold is refused.
+        assert (await ledger.execute(PostPending(81, 80))).code is RC.PENDING_EXPIRED
+        with trio.fail_after(5):
+            while (await ledger.account(c.card)).available != 1_000:  # type: ignore[union-attr]
+                await trio.sleep(0.05)
+        rec = await ledger.transfer(80)
+        assert rec is not None and rec.pending_state is PendingState.EXPIRED
+        assert rec.type is TransferType.PENDING
+        assert (await ledger.execute(VoidPending(82, 80))).code is RC.PENDING_EXPIRED
+        assert await ledger.audit() == []
+
+
+async def test_close_account(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        await ledger.execute(Transfer(85, c.card, c.merchant, 100, "preauth", pending=True))
+        assert (await ledger.execute(CloseAccount(c.card))).ok
+        assert (await ledger.execute(CloseAccount(c.card))).duplicate
+        assert (await ledger.execute(CloseAccount(31337))).code is RC.ACCOUNT_NOT_FOUND
+        assert (await ledger.execute(Transfer(86, c.card, c.merchant, 1, "sale"))).code is \
+            RC.ACCOUNT_CLOSED
+        assert (await ledger.execute(PostPending(87, 85))).code is RC.ACCOUNT_CLOSED
+        assert (await ledger.execute(VoidPending(88, 85))).ok  # holds can still be released
+        assert (await ledger.account(c.card)).closed  # type: ignore[union-attr]
+
+
+async def test_batches(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        assert await ledger.current_batch("T0000006") == 1
+        first = await ledger.execute(CloseBatch("T0000006", 1))
+        assert first.ok and first.value == 2 and not first.duplicate
+        again = await ledger.execute(CloseBatch("T0000006", 1))
+        assert again.ok and again.duplicate and again.value == 2
+        wrong = await ledger.execute(CloseBatch("T0000006", 7))
+        assert wrong.code is RC.BATCH_MISMATCH and wrong.value == 2
+        assert (await ledger.execute(CloseBatch("", 1))).code is RC.TERMINAL_INVALID
+        assert await ledger.current_batch("T0000006") == 2
+        # Two closes of the same batch in one commit: one closes, one is a duplicate.
+        results = await ledger.submit([CloseBatch("T0000007", 1), CloseBatch("T0000007", 1)])
+        assert [(r.ok, r.duplicate, r.value) for r in results] == [(True, False, 2),
+                                                                   (True, True, 2)]
+
+
+async def test_wire_ids_are_stable(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        tid = transfer_id("T0000008", 3, 44, "sale")
+        meta = WireMeta("T0000008", "M0001", 3, 44, "sale", rrn="1", masked_pan="622202******0001")
+        await ledger.execute(Transfer(tid, c.card, c.merchant, 5, "sale", meta=meta))
+        # A retry with a new RRN is the same request (metadata is not content).
+        retry = WireMeta("T0000008", "M0001", 3, 44, "sale", rrn="2")
+        r = await ledger.execute(Transfer(tid, c.card, c.merchant, 5, "sale", meta=retry))
+        assert r.ok and r.duplicate
+        rec = await ledger.transfer(tid)
+        assert rec is not None and rec.meta == meta
