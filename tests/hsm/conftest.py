@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -52,8 +52,11 @@ class RawClient:
         return (await self.recv())[0]
 
 
+Connect = Callable[..., Awaitable[RawClient]]
+
+
 @pytest.fixture
-def raw_client(hsm_port: int) -> Callable[[], object]:
+def raw_client(hsm_port: int) -> Connect:
     async def connect(port: int | None = None) -> RawClient:
         return RawClient(await trio.open_tcp_stream(LOCALHOST, port or hsm_port))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -120,7 +123,7 @@ def test_mac_modes_chain_like_one_message(core: HsmCore, lmk: LmkSet) -> None:
 # --- crypto, PIN blocks, LMK file ----------------------------------------------------------
 
 
-def test_published_vectors(vectors: dict) -> None:
+def test_published_vectors(vectors: dict[str, Any]) -> None:
     v = vectors["key_check_value"][0]
     assert kcv(bytes.fromhex(v["key"])) == v["kcv_full"]
     m = vectors["ansi_x9_19_retail_mac"][0]
@@ -162,7 +165,7 @@ def test_lmk_file_format(lmk: LmkSet) -> None:
         (lambda t: t.replace("02-03 =", "02-03"), "line 2"),
     ],
 )
-def test_lmk_file_errors(edit, message: str) -> None:
+def test_lmk_file_errors(edit: Callable[[str], str], message: str) -> None:
     with pytest.raises(LmkError, match=message):
         parse_lmk_text(edit(_lmk_text()))
 

@@ -11,7 +11,7 @@ from hsm.lmk import LmkSet
 from hsm.server import serve_hsm
 from hsm.testing import key_under_lmk, pin_block
 
-from .conftest import LOCALHOST, RawClient
+from .conftest import LOCALHOST, Connect, RawClient
 
 # THALES.md §6 vector 1: the generated key is random, so the server is given
 # a random source that yields the vector's clear ZPK.
@@ -65,12 +65,12 @@ async def test_vector1_a0_export_under_zmk(nursery: trio.Nursery, lmk: LmkSet) -
         (b"9999B20004PING", b"9999B300PING"),
     ],
 )
-async def test_vectors_over_the_wire(raw_client, request_: bytes, reply: bytes) -> None:
+async def test_vectors_over_the_wire(raw_client: Connect, request_: bytes, reply: bytes) -> None:
     c = await raw_client()
     assert await c.ask(request_) == reply
 
 
-async def test_nc_reports_lmk_check_and_firmware(raw_client) -> None:
+async def test_nc_reports_lmk_check_and_firmware(raw_client: Connect) -> None:
     c = await raw_client()
     reply = await c.ask(b"HDR1NC")
     assert reply[:8] == b"HDR1ND00"
@@ -79,7 +79,9 @@ async def test_nc_reports_lmk_check_and_firmware(raw_client) -> None:
     assert reply[28:29] == b"-"
 
 
-async def test_a0_export_under_tmk_decrypts_to_the_same_key(raw_client, lmk: LmkSet) -> None:
+async def test_a0_export_under_tmk_decrypts_to_the_same_key(
+    raw_client: Connect, lmk: LmkSet
+) -> None:
     from hsm.crypto import kcv
     from hsm.lmk import decrypt_under_zmk
     from hsm.testing import clear_key
@@ -95,12 +97,12 @@ async def test_a0_export_under_tmk_decrypts_to_the_same_key(raw_client, lmk: Lmk
     assert check == kcv(clear)[:6]
 
 
-async def test_trailer_is_echoed(raw_client) -> None:
+async def test_trailer_is_echoed(raw_client: Connect) -> None:
     c = await raw_client()
     assert await c.ask(b"0000B20002OK\x19TRAIL") == b"0000B300OK\x19TRAIL"
 
 
-async def test_pipelined_and_coalesced_frames(raw_client) -> None:
+async def test_pipelined_and_coalesced_frames(raw_client: Connect) -> None:
     c = await raw_client()
     messages = [b"%04dB20004%04d" % (i, i) for i in range(300)]
     await c.send(*messages)  # one write: 300 frames coalesced
@@ -108,7 +110,7 @@ async def test_pipelined_and_coalesced_frames(raw_client) -> None:
     assert replies == [b"%04dB300%04d" % (i, i) for i in range(300)]
 
 
-async def test_partial_frames_byte_by_byte(raw_client) -> None:
+async def test_partial_frames_byte_by_byte(raw_client: Connect) -> None:
     from hsm.framing import encode_frame
 
     c = await raw_client()
@@ -146,7 +148,7 @@ async def test_partial_frames_byte_by_byte(raw_client) -> None:
     ],
 )
 async def test_malformed_commands_get_error_replies(
-    raw_client, request_: bytes, reply: bytes
+    raw_client: Connect, request_: bytes, reply: bytes
 ) -> None:
     c = await raw_client()
     assert await c.ask(request_) == reply
@@ -154,7 +156,7 @@ async def test_malformed_commands_get_error_replies(
     assert await c.ask(b"0001B20002OK") == b"0001B300OK"
 
 
-async def test_parity_errors(raw_client, lmk: LmkSet) -> None:
+async def test_parity_errors(raw_client: Connect, lmk: LmkSet) -> None:
     from hsm.testing import clear_key
 
     good_tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
@@ -172,7 +174,7 @@ async def test_parity_errors(raw_client, lmk: LmkSet) -> None:
     assert (await c.ask(ok + b"0101123456789012"))[:10] == b"0000CB0004"
 
 
-async def test_bad_pin_blocks(raw_client, lmk: LmkSet) -> None:
+async def test_bad_pin_blocks(raw_client: Connect, lmk: LmkSet) -> None:
     tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
     zpk = key_under_lmk(lmk, "001", bytes.fromhex("89ABCDEF01234567FEDCBA9876543210"))
     head = b"0000CA" + tpk.encode() + zpk.encode()
@@ -188,7 +190,7 @@ async def test_bad_pin_blocks(raw_client, lmk: LmkSet) -> None:
     assert await c.ask(head + b"05" + six + b"0101123456789012") == b"0000CB24"
 
 
-async def test_absurd_length_closes_the_connection(raw_client) -> None:
+async def test_absurd_length_closes_the_connection(raw_client: Connect) -> None:
     c = await raw_client()
     await c.stream.send_all(b"\xff\xff" + b"0000NC")
     with pytest.raises((EOFError, trio.BrokenResourceError)):
@@ -201,7 +203,7 @@ async def test_header_length_option(nursery: trio.Nursery, lmk: LmkSet) -> None:
     assert await c.ask(b"ABCDEFB20001x") == b"ABCDEFB300x"
 
 
-async def test_many_concurrent_connections(raw_client) -> None:
+async def test_many_concurrent_connections(raw_client: Connect) -> None:
     async def one(i: int) -> None:
         c = await raw_client()
         for j in range(5):
