@@ -18,6 +18,7 @@ HUGE = "huge"  # a length prefix no HSM would send
 WRONG_HEADER = "wrong_header"  # echoes a header that was never sent
 WRONG_CODE = "wrong_code"  # answers with a reply code for another command
 SLOW = "slow"  # answers correctly after `delay` seconds
+CLOSE = "close"  # accepts connections and closes them at once (an HSM still booting)
 
 
 class FakeHsm:
@@ -40,6 +41,8 @@ class FakeHsm:
         splitter = FrameSplitter()
         try:
             async with stream:
+                if self.mode == CLOSE:
+                    return
                 while data := await stream.receive_some(65536):
                     splitter.feed(data)
                     for frame in splitter.frames():

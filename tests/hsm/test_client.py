@@ -15,7 +15,7 @@ from hsm.server import serve_hsm
 from hsm.testing import clear_key, key_under_lmk, pin_block, pin_under_lmk, pvv
 
 from .conftest import LOCALHOST
-from .fake_hsm import GARBAGE, HUGE, NORMAL, SILENT, SLOW, WRONG_CODE, WRONG_HEADER, FakeHsm
+from .fake_hsm import CLOSE, GARBAGE, HUGE, NORMAL, SILENT, SLOW, WRONG_CODE, WRONG_HEADER, FakeHsm
 
 ACCOUNT = "400000123456"
 PVKI = "1"
@@ -247,16 +247,14 @@ async def test_single_bad_hsm_fails_fast_and_recovers(
 
 
 async def test_hsm_down_at_start_then_up(nursery: trio.Nursery, lmk: LmkSet) -> None:
-    # Reserve a port, close it: nothing listens there until the HSM starts.
-    probe = trio.socket.socket()
-    await probe.bind((LOCALHOST, 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    async with open_hsm_client([f"{LOCALHOST}:{port}"], wait=False, timeout=0.2,
+    fake, addr = await _start_fake(nursery, lmk)
+    fake.mode = CLOSE  # every connection is dropped at once, as by an HSM not ready yet
+    async with open_hsm_client([addr], wait=False, timeout=0.2,
                                backoff_min=0.05, backoff_max=0.1) as hsm:
         with trio.fail_after(3), pytest.raises(HsmUnavailable):
             await hsm.echo(b"x")
-        await nursery.start(serve_hsm, lmk, LOCALHOST, port)
+        assert not hsm.pool.nodes[0].up
+        fake.mode = NORMAL
         with trio.fail_after(5):
             await hsm.pool.wait_ready(5)
             assert await hsm.echo(b"up") == b"up"
