@@ -306,7 +306,7 @@ class _Batch:
                 # A member already on record stays as it was; the group failed.
                 out.append(Result(RC.LINKED_EVENT_FAILED, duplicate=True))
                 continue
-            if i <= failed and evaluated[i] is not None:
+            if i <= failed and evaluated[i] is not None and code is not RC.INTERNAL_ERROR:
                 self._reject(evaluated[i], own)  # type: ignore[arg-type]
             out.append(results[failed] if i == failed else Result(own))
         return out

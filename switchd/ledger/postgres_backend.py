@@ -169,7 +169,10 @@ class PostgresBackend:
             # search_path instead of qualified names: the same SQL serves any
             # schema, which is how tests isolate themselves.
             options += f" -c search_path={schema}"
-        self._kwargs: dict[str, Any] = {"options": options, "autocommit": False}
+        # application_name lets an operator (and the fault tests) find our sessions.
+        self.application_name = f"switchd-ledger:{schema or 'public'}"[:63]
+        self._kwargs: dict[str, Any] = {"options": options, "autocommit": False,
+                                        "application_name": self.application_name}
         self._pool_min, self._pool_max = pool_min, pool_max
         self._timeout = connect_timeout_s
         self.pool: ConnectionPool[Any] | None = None

@@ -20,10 +20,10 @@ from switchd.ledger import (
     TransferType,
     VoidPending,
     WireMeta,
+    flows,
     open_ledger,
     transfer_id,
 )
-from switchd.ledger import flows
 from switchd.ledger.flows import Request
 
 from .helpers import CNY, make_chart

@@ -1,0 +1,235 @@
+"""The writer: group commit, concurrency with duplicates, draining, faults, several writers."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import psycopg
+import pytest
+import trio
+import trio.testing
+
+from switchd.ledger import (
+    AccountKind,
+    CommitFailed,
+    CreateAccount,
+    LedgerClosed,
+    LedgerConfig,
+    Result,
+    ResultCode,
+    Transfer,
+    open_ledger,
+)
+from switchd.ledger import postgres_backend as pgb
+from switchd.ledger.postgres_backend import PostgresBackend
+from switchd.ledger.sqlite_backend import SqliteBackend
+
+from .conftest import make_config, pg_dsn
+from .helpers import CNY, make_chart
+
+RC = ResultCode
+
+
+async def _create_cards(ledger, n_cards: int, funds: int, suspense: int) -> list[int]:  # type: ignore[no-untyped-def]
+    cards = [50_000 + i for i in range(n_cards)]
+    res = await ledger.submit([CreateAccount(c, AccountKind.CARDHOLDER, CNY) for c in cards])
+    assert all(r.ok for r in res)
+    res = await ledger.submit([Transfer(60_000 + i, suspense, c, funds, "deposit")
+                               for i, c in enumerate(cards)])
+    assert all(r.ok for r in res)
+    return cards
+
+
+async def test_concurrent_submissions_with_duplicates(config: LedgerConfig) -> None:
+    """3,000 concurrent tasks, each id submitted three times; every id posts exactly once."""
+    rng = random.Random(4)
+    async with open_ledger(config) as ledger:
+        chart = await make_chart(ledger, funds=0)
+        cards = await _create_cards(ledger, 40, 10_000, chart.suspense)
+        plan = {}
+        for i in range(1_000):
+            plan[1_000_000 + i] = Transfer(1_000_000 + i, rng.choice(cards), chart.merchant,
+                                           rng.randint(1, 900), "sale")
+        submissions = [op for op in plan.values() for _ in range(3)]
+        rng.shuffle(submissions)
+        results: dict[int, list[Result]] = {tid: [] for tid in plan}
+        commits_before = ledger.commits
+
+        async def one(op: Transfer) -> None:
+            results[op.id].append(await ledger.execute(op))
+
+        async with trio.open_nursery() as nursery:
+            for op in submissions:
+                nursery.start_soon(one, op)
+        assert ledger.commits - commits_before < len(submissions) / 10  # group commit happened
+
+        expected = {c: 10_000 for c in cards}
+        merchant = 0
+        for tid, rs in results.items():
+            assert len(rs) == 3
+            assert len({r.code for r in rs}) == 1, rs  # every copy got the same answer
+            assert sum(not r.duplicate for r in rs) == 1, rs  # and exactly one was first
+            if rs[0].ok:
+                expected[plan[tid].debit_account_id] -= plan[tid].amount
+                merchant += plan[tid].amount
+            else:
+                assert rs[0].code is RC.INSUFFICIENT_FUNDS
+        for card, balance in expected.items():
+            acct = await ledger.account(card)
+            assert acct is not None and acct.balance == balance >= 0
+        assert (await ledger.account(chart.merchant)).balance == merchant  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+
+
+async def test_close_drains_queue_then_refuses(config: LedgerConfig) -> None:
+    results: list[Result] = []
+    async with trio.open_nursery() as outer:
+        async with open_ledger(config) as ledger:
+            chart = await make_chart(ledger, funds=1_000_000)
+
+            async def one(i: int) -> None:
+                results.append(await ledger.execute(
+                    Transfer(2_000_000 + i, chart.card, chart.merchant, 1, "sale")))
+
+            for i in range(500):
+                outer.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+        # The ledger closed with 500 operations queued: all were committed.
+        assert len(results) == 500 and all(r.ok for r in results)
+        with pytest.raises(LedgerClosed):
+            await ledger.execute(Transfer(3, chart.card, chart.merchant, 1, "sale"))
+    async with open_ledger(config) as ledger:
+        assert (await ledger.account(chart.card)).balance == 1_000_000 - 500  # type: ignore[union-attr]
+
+
+async def test_bad_operation_does_not_kill_writer(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        chart = await make_chart(ledger)
+        junk = await ledger.submit(["not an op", 42])  # type: ignore[list-item]
+        assert [r.code for r in junk] == [RC.INTERNAL_ERROR, RC.INTERNAL_ERROR]
+        mixed = await ledger.submit_linked([Transfer(5, chart.card, chart.merchant, 1, "sale"),
+                                            None])  # type: ignore[list-item]
+        assert [r.code for r in mixed] == [RC.LINKED_EVENT_FAILED, RC.INTERNAL_ERROR]
+        assert (await ledger.execute(Transfer(5, chart.card, chart.merchant, 1, "sale"))).ok
+        assert await ledger.audit() == []
+
+
+async def test_sqlite_disk_full_fails_batch_and_recovers(tmp_path: Path) -> None:
+    config = LedgerConfig(data_dir=str(tmp_path))
+    backend = SqliteBackend(config.sqlite_path())
+    async with open_ledger(config, backend=backend) as ledger:
+        chart = await make_chart(ledger)
+        conn = backend._writer
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        # A real SQLITE_FULL: the database may not grow by a single page.
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        ops = [Transfer(4_000_000 + i, chart.card, chart.merchant, 1, "sale",) for i in range(3000)]
+        with pytest.raises(CommitFailed, match="full"):
+            await ledger.submit(ops)
+        conn.execute("PRAGMA max_page_count=1073741823")
+        ok = await ledger.execute(Transfer(5_000_000, chart.card, chart.merchant, 7, "sale"))
+        assert ok.ok and not ok.duplicate
+        assert await ledger.transfer(4_000_000) is None  # nothing of the failed batch remains
+        assert (await ledger.account(chart.card)).balance == 100_000 - 7  # type: ignore[union-attr]
+        assert ledger.failed_commits == 1
+        again = await ledger.submit(ops)  # resubmitting after the failure is safe
+        assert all(r.ok and not r.duplicate for r in again)
+        assert await ledger.audit() == []
+
+
+async def test_postgres_connection_lost_fails_batch_and_recovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = make_config("postgres", tmp_path)
+    config = next(gen)
+    try:
+        async with open_ledger(config) as ledger:
+            chart = await make_chart(ledger)
+            kill = {"armed": True}
+            original = pgb._PgStore.load_accounts
+
+            def load_accounts(self: pgb._PgStore, ids: list[bytes]):  # type: ignore[no-untyped-def]
+                if kill["armed"]:
+                    kill["armed"] = False
+                    # The server ends this session mid-transaction, as a crash or
+                    # a network cut would.
+                    pid = self.cur.connection.info.backend_pid
+                    with psycopg.connect(pg_dsn(), autocommit=True) as other:  # type: ignore[arg-type]
+                        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                return original(self, ids)
+
+            monkeypatch.setattr(pgb._PgStore, "load_accounts", load_accounts)
+            ops = [Transfer(6_000_000 + i, chart.card, chart.merchant, 1, "sale")
+                   for i in range(50)]
+            with pytest.raises(CommitFailed, match="postgres"):
+                await ledger.submit(ops)
+            assert await ledger.transfer(6_000_000) is None
+            again = await ledger.submit(ops)
+            assert all(r.ok and not r.duplicate for r in again)
+            assert (await ledger.account(chart.card)).balance == 100_000 - 50  # type: ignore[union-attr]
+            assert await ledger.audit() == []
+    finally:
+        gen.close()
+
+
+async def test_postgres_two_writers_share_one_ledger(tmp_path: Path) -> None:
+    """Two switch nodes (two writers, two pools) on one schema: hot accounts, shared ids."""
+    gen = make_config("postgres", tmp_path)
+    config = next(gen)
+    try:
+        rng = random.Random(9)
+        async with open_ledger(config) as a, open_ledger(config) as b:
+            chart = await make_chart(a, funds=0)
+            cards = await _create_cards(a, 20, 5_000, chart.suspense)
+            plan = [Transfer(7_000_000 + i, rng.choice(cards), chart.merchant,
+                             rng.randint(1, 400), "sale") for i in range(1_500)]
+            results: dict[int, list[Result]] = {op.id: [] for op in plan}
+
+            async def one(ledger, op: Transfer) -> None:  # type: ignore[no-untyped-def]
+                results[op.id].append(await ledger.execute(op))
+
+            async with trio.open_nursery() as nursery:
+                for op in plan:
+                    nursery.start_soon(one, a, op)
+                    nursery.start_soon(one, b, op)  # the same request reaching both nodes
+            expected = {c: 5_000 for c in cards}
+            for op in plan:
+                rs = results[op.id]
+                assert len({r.code for r in rs}) == 1 and sum(not r.duplicate for r in rs) == 1
+                if rs[0].ok:
+                    expected[op.debit_account_id] -= op.amount
+            for card, balance in expected.items():
+                assert (await b.account(card)).balance == balance >= 0  # type: ignore[union-attr]
+            assert await a.audit() == []
+    finally:
+        gen.close()
+
+
+def test_sqlite_settings_are_durable(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path / "l.sqlite3")
+    backend.open()
+    conn = backend._writer
+    assert conn is not None
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    backend.close()
+
+
+def test_postgres_settings_are_durable(tmp_path: Path) -> None:
+    gen = make_config("postgres", tmp_path)
+    config = next(gen)
+    try:
+        backend = PostgresBackend(config.postgres.dsn, schema=config.postgres.schema)
+        backend.open()
+        assert backend.read(lambda conn, d: conn.execute("SHOW synchronous_commit").fetchone()[0]
+                            ) == "on"
+        backend.close()
+    finally:
+        gen.close()
+
+
+def test_sqlite_error_type_is_real() -> None:
+    # Guards the disk-full test: SQLITE_FULL reaches us as sqlite3.OperationalError.
+    assert issubclass(sqlite3.OperationalError, sqlite3.Error)
