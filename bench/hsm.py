@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -56,24 +57,37 @@ class Phase:
 
 
 class Workload:
-    def __init__(self) -> None:
+    """`terminals` distinct TPKs (one per terminal), one zone ZPK, one PVK.
+
+    Distinct TPKs keep the HSM's decrypted-key cache honest: a switch serves
+    thousands of terminals, each with its own PIN key.
+    """
+
+    def __init__(self, terminals: int) -> None:
         lmk = thales_test_lmk()
-        self.tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+        rng = random.Random(7)
         self.zpk = key_under_lmk(lmk, "001", bytes.fromhex("89ABCDEF01234567FEDCBA9876543210"))
         self.pvk = key_under_lmk(lmk, "002", bytes.fromhex("FEDCBA9876543210FEDCBA9876543210"))
         self.pvv = pvv(lmk, self.pvk, ACCOUNT, PVKI, PIN)
-        # ISO format 0 blocks are deterministic, so vary the key-independent
-        # part: the same PIN under distinct accounts would need distinct PVVs,
-        # so one block is reused; the HSM does full work for each request.
-        self.block = pin_block(lmk, TPK, self.tpk, PIN, ACCOUNT)
+        self.terminals = []
+        for _ in range(terminals):
+            tpk = key_under_lmk(lmk, "002", rng.randbytes(16))
+            self.terminals.append((tpk, pin_block(lmk, TPK, tpk, PIN, ACCOUNT)))
+        self._next = 0
+
+    def terminal(self) -> tuple[str, str]:
+        self._next = (self._next + 1) % len(self.terminals)
+        return self.terminals[self._next]
 
     async def ca(self, hsm: HsmClient) -> None:
-        out = await hsm.translate_pin(self.tpk, self.zpk, self.block, ACCOUNT)
+        tpk, block = self.terminal()
+        out = await hsm.translate_pin(tpk, self.zpk, block, ACCOUNT)
         if out.pin_length != len(PIN):
             raise RuntimeError("CA returned a wrong PIN length")
 
     async def dc(self, hsm: HsmClient) -> None:
-        if not await hsm.verify_pin_pvv(self.tpk, self.pvk, self.block, ACCOUNT, PVKI, self.pvv):
+        tpk, block = self.terminal()
+        if not await hsm.verify_pin_pvv(tpk, self.pvk, block, ACCOUNT, PVKI, self.pvv):
             raise RuntimeError("DC did not verify")
 
 
@@ -119,10 +133,10 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
 
 
 async def bench(args: argparse.Namespace, address: str) -> dict[str, object]:
-    work = Workload()
+    work = Workload(args.terminals)
     result: dict[str, object] = {
         "callers": args.callers, "pool_size": args.pool_size, "duration_s": args.duration,
-        "hsm": address,
+        "terminals": args.terminals, "hsm": address,
     }  # fmt: skip
     async with open_hsm_client([address], pool_size=args.pool_size, timeout=10.0) as hsm:
         await run_phase(hsm, work.ca, args.callers, 0.3)  # warm-up: caches, TCP windows
@@ -147,7 +161,8 @@ async def bench(args: argparse.Namespace, address: str) -> dict[str, object]:
 def report(r: dict[str, object]) -> str:
     lines = [
         f"software HSM at {r['hsm']}; pool: {r['callers']} callers, {r['pool_size']} connections;"
-        f" baseline: 1 caller, 1 connection, no pipelining; {r['duration_s']} s per phase",
+        f" baseline: 1 caller, 1 connection, no pipelining; {r['duration_s']} s per phase;"
+        f" {r['terminals']} terminal TPKs",
         f"{'':10}{'cmd/s':>10}{'p50 ms':>10}{'p99 ms':>10}",
     ]
     for name in ("ca", "dc"):
@@ -165,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--callers", type=int, default=200, help="concurrent callers (pool)")
     parser.add_argument("--pool-size", type=int, default=4, help="connections in the pool")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
+    parser.add_argument("--terminals", type=int, default=1000, help="distinct TPKs used")
     parser.add_argument("--connect", help="HOST:PORT of a running HSM with the test LMKs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

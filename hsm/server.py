@@ -80,7 +80,7 @@ class HsmServer:
             if not data:
                 return
             splitter.feed(data)
-            replies = []
+            replies: list[bytes] = []
             try:
                 while (frame := splitter.next_frame()) is not None:
                     reply = handle(frame)

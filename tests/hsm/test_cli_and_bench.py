@@ -37,7 +37,7 @@ def test_cli_rejects_a_bad_lmk_file(tmp_path: Path) -> None:
 
 
 async def test_bench_measures(hsm_port: int) -> None:
-    args = argparse.Namespace(callers=20, pool_size=2, duration=0.2)
+    args = argparse.Namespace(callers=20, pool_size=2, duration=0.2, terminals=10)
     with trio.fail_after(20):
         result = await bench(args, f"{LOCALHOST}:{hsm_port}")
     for key in ("ca_per_s", "dc_per_s", "baseline_ca_per_s", "ca_ratio_vs_baseline"):
