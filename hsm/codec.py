@@ -224,25 +224,31 @@ def _pin_common(block: str, src_fmt: str, account12: str) -> str:
     )
 
 
+def _translate(
+    code: str, src_key: str, dst_key: str, pin_block: str, account12: str,
+    src_format: str, dst_format: str, max_pin_length: int,
+) -> bytes:  # fmt: skip
+    return (
+        code + _key_field(src_key) + _key_field(dst_key) + f"{max_pin_length:02d}"
+        + _field(pin_block, 16, "PIN block") + _field(src_format, 2, "format")
+        + _field(dst_format, 2, "format") + _field(account12, 12, "account")
+    ).encode()
+
+
 def ca(
     tpk: str, zpk: str, pin_block: str, account12: str, *,
     src_format: str = "01", dst_format: str = "01", max_pin_length: int = 12,
 ) -> bytes:  # fmt: skip
-    return (
-        "CA" + _key_field(tpk) + _key_field(zpk) + f"{max_pin_length:02d}"
-        + _field(pin_block, 16, "PIN block") + src_format + dst_format
-        + _field(account12, 12, "account")
-    ).encode()
+    return _translate("CA", tpk, zpk, pin_block, account12, src_format, dst_format,
+                      max_pin_length)  # fmt: skip
 
 
 def cc(
     src_zpk: str, dst_zpk: str, pin_block: str, account12: str, *,
     src_format: str = "01", dst_format: str = "01", max_pin_length: int = 12,
 ) -> bytes:  # fmt: skip
-    return b"CC" + ca(
-        src_zpk, dst_zpk, pin_block, account12, src_format=src_format,
-        dst_format=dst_format, max_pin_length=max_pin_length,
-    )[2:]  # fmt: skip
+    return _translate("CC", src_zpk, dst_zpk, pin_block, account12, src_format, dst_format,
+                      max_pin_length)  # fmt: skip
 
 
 def decode_translate(command: str, body: bytes) -> TranslatedPin:
@@ -252,21 +258,28 @@ def decode_translate(command: str, body: bytes) -> TranslatedPin:
     return TranslatedPin(int(fields[:2]), fields[2:18], fields[18:20])
 
 
+def _verify(
+    code: str, key: str, pvk: str, pin_block: str, account12: str, pvki: str, pvv: str,
+    pin_format: str,
+) -> bytes:  # fmt: skip
+    return (
+        code + _key_field(key) + pvk + _pin_common(pin_block, pin_format, account12)
+        + _field(pvki, 1, "PVKI") + _field(pvv, 4, "PVV")
+    ).encode()
+
+
 def dc(
     tpk: str, pvk: str, pin_block: str, account12: str, pvki: str, pvv: str,
     *, pin_format: str = "01",
 ) -> bytes:  # fmt: skip
-    return (
-        "DC" + _key_field(tpk) + pvk + _pin_common(pin_block, pin_format, account12)
-        + _field(pvki, 1, "PVKI") + _field(pvv, 4, "PVV")
-    ).encode()
+    return _verify("DC", tpk, pvk, pin_block, account12, pvki, pvv, pin_format)
 
 
 def ec(
     zpk: str, pvk: str, pin_block: str, account12: str, pvki: str, pvv: str,
     *, pin_format: str = "01",
 ) -> bytes:  # fmt: skip
-    return b"EC" + dc(zpk, pvk, pin_block, account12, pvki, pvv, pin_format=pin_format)[2:]
+    return _verify("EC", zpk, pvk, pin_block, account12, pvki, pvv, pin_format)
 
 
 def decode_verify(command: str, body: bytes) -> bool:

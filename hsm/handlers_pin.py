@@ -22,11 +22,19 @@ from hsm.pinblock import (
 )
 
 
-def _read_pin_block(
-    ctx: HsmContext, key: bytes, block_hex: str, fmt: str, account12: str
-) -> str:
+def _clear_pin(key: bytes, block_hex: str, fmt: str, account12: str) -> str:
+    """Check the format and account, then decrypt and decode a PIN block."""
+    check_format(fmt)
+    check_account(account12)
     clear = cipher_for(key).decrypt(bytes.fromhex(block_hex))
     return decode_pin_block(clear, fmt, account12)
+
+
+def _pin_fields(r: Reader) -> tuple[str, str, str]:
+    """The fields PIN block 16H, format 2N, account 12N."""
+    block = r.hex(16)
+    fmt = r.digits(2, errors.INVALID_PIN_FORMAT)
+    return block, fmt, r.text(12)
 
 
 def _translate(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
@@ -37,10 +45,8 @@ def _translate(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
     src_fmt = r.digits(2, errors.INVALID_PIN_FORMAT)
     dst_fmt = r.digits(2, errors.INVALID_PIN_FORMAT)
     account = r.text(12)
-    check_format(src_fmt)
     check_format(dst_fmt)
-    check_account(account)
-    pin = _read_pin_block(ctx, src, block, src_fmt, account)
+    pin = _clear_pin(src, block, src_fmt, account)
     if len(pin) > max_len:
         raise HsmError(errors.PIN_LENGTH, "PIN longer than the maximum")
     out = cipher_for(dst).encrypt(encode_pin_block(pin, dst_fmt, account, ctx.random_bytes))
@@ -73,14 +79,10 @@ def _pvk(ctx: HsmContext, r: Reader) -> bytes:
 def _verify(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
     key = ctx.key_under_lmk(source, r.key(), errors.SOURCE_KEY_PARITY)
     pvk = _pvk(ctx, r)
-    block = r.hex(16)
-    fmt = r.digits(2, errors.INVALID_PIN_FORMAT)
-    account = r.text(12)
-    pvki = r.digits(1, errors.INVALID_INPUT)
+    block, fmt, account = _pin_fields(r)
+    pvki = r.digits(1)
     pvv = r.digits(4)
-    check_format(fmt)
-    check_account(account)
-    pin = _read_pin_block(ctx, key, block, fmt, account)
+    pin = _clear_pin(key, block, fmt, account)
     return b"00" if visa_pvv(pvk, account, pvki, pin) == pvv else b"01"
 
 
@@ -122,12 +124,8 @@ def ba(ctx: HsmContext, r: Reader) -> bytes:
 
 def je(ctx: HsmContext, r: Reader) -> bytes:
     zpk = ctx.key_under_lmk(ZPK, r.key(), errors.SOURCE_KEY_PARITY)
-    block = r.hex(16)
-    fmt = r.digits(2, errors.INVALID_PIN_FORMAT)
-    account = r.text(12)
-    check_format(fmt)
-    check_account(account)
-    pin = _read_pin_block(ctx, zpk, block, fmt, account)
+    block, fmt, account = _pin_fields(r)
+    pin = _clear_pin(zpk, block, fmt, account)
     return b"00" + encrypt_pin_lmk(ctx.lmk.pin_cipher(), pin, account).encode()
 
 
