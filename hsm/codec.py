@@ -334,16 +334,23 @@ def decode_jg(body: bytes) -> str:
 # --- MAC ----------------------------------------------------------------------------
 
 
+def _mac(
+    code: str, key_type: str, key: str, data: bytes, algorithm: int, padding: int,
+    mac_size: int,
+) -> bytes:  # fmt: skip
+    size = "0" if mac_size == 8 else "1"
+    return (
+        f"{code}00{size}{algorithm}{padding}{_field(key_type, 3, 'key type')}{_key_field(key)}"
+        f"{len(data):04X}"
+    ).encode() + data
+
+
 def m6(
     key_type: str, key: str, data: bytes, *, algorithm: int = 3, padding: int = 1,
     mac_size: int = 16,
 ) -> bytes:  # fmt: skip
     """Whole-message MAC (mode 0, binary input). `mac_size` is 8 or 16 hex digits."""
-    size = "0" if mac_size == 8 else "1"
-    return (
-        f"M600{size}{algorithm}{padding}{_field(key_type, 3, 'key type')}{_key_field(key)}"
-        f"{len(data):04X}"
-    ).encode() + data
+    return _mac("M6", key_type, key, data, algorithm, padding, mac_size)
 
 
 def decode_m6(body: bytes) -> str:
@@ -353,5 +360,4 @@ def decode_m6(body: bytes) -> str:
 def m8(
     key_type: str, key: str, data: bytes, mac: str, *, algorithm: int = 3, padding: int = 1,
 ) -> bytes:  # fmt: skip
-    return b"M8" + m6(key_type, key, data, algorithm=algorithm, padding=padding,
-                      mac_size=len(mac))[2:] + mac.encode()  # fmt: skip
+    return _mac("M8", key_type, key, data, algorithm, padding, len(mac)) + mac.encode()
