@@ -60,14 +60,16 @@ def cipher_for(key: bytes) -> BlockCipher:
     E_K3, and with K2 == K3 it is E_K1, so those are built as single DES,
     which gives the same result as a real HSM.
     """
+    # Parts are compared without their parity bits, as DES (and pycryptodome's
+    # check) ignores them.
     if len(key) == 8:
         return DES.new(key, DES.MODE_ECB)
     if len(key) == 16:
-        if key[:8] == key[8:]:
+        if fix_parity(key[:8]) == fix_parity(key[8:]):
             return DES.new(key[:8], DES.MODE_ECB)
         return DES3.new(key, DES3.MODE_ECB)
     if len(key) == 24:
-        k1, k2, k3 = key[:8], key[8:16], key[16:]
+        k1, k2, k3 = (fix_parity(key[i : i + 8]) for i in (0, 8, 16))
         if k1 == k2:
             return DES.new(k3, DES.MODE_ECB)
         if k2 == k3:

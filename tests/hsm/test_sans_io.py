@@ -214,3 +214,13 @@ def test_core_never_fails_internally(valid: bytes, at: int, how: int, char: int)
     assert reply[4:6] == reply_code(valid[:2])
     code = reply[6:8]
     assert code.isdigit() and code != b"41", (fields, reply)
+
+
+def test_degenerate_3des_keys_work_as_single_des() -> None:
+    from hsm.crypto import encrypt
+
+    single = bytes.fromhex("0808080808080808")
+    expected = encrypt(single, bytes(8))
+    assert encrypt(single * 2, bytes(8)) == expected  # THALES.md vector 1's ZMK
+    assert encrypt(single + bytes.fromhex("0909090909090909"), bytes(8)) == expected  # parity bits
+    assert encrypt(single * 3, bytes(8)) == expected
