@@ -114,12 +114,35 @@ class Store(Protocol):
 
 
 class _Acct:
-    __slots__ = ("closed", "cp", "cpend", "created_at", "currency", "dp", "dpend", "id", "kind",
-                 "limit", "new", "owner")
+    __slots__ = (
+        "closed",
+        "cp",
+        "cpend",
+        "created_at",
+        "currency",
+        "dp",
+        "dpend",
+        "id",
+        "kind",
+        "limit",
+        "new",
+        "owner",
+    )
 
     def __init__(self, row: tuple, new: bool = False) -> None:  # type: ignore[type-arg]
-        (self.id, self.kind, self.currency, self.owner, self.limit, self.closed,
-         self.dp, self.cp, self.dpend, self.cpend, self.created_at) = row
+        (
+            self.id,
+            self.kind,
+            self.currency,
+            self.owner,
+            self.limit,
+            self.closed,
+            self.dp,
+            self.cp,
+            self.dpend,
+            self.cpend,
+            self.created_at,
+        ) = row
         self.closed = bool(self.closed)
         self.new = new
 
@@ -128,17 +151,39 @@ class _Xfer:
     __slots__ = ("amount", "credit", "debit", "expires_at", "fp", "id", "ref", "tolerance", "type")
 
     def __init__(self, row: tuple) -> None:  # type: ignore[type-arg]
-        (self.id, self.type, self.debit, self.credit, self.amount, self.ref,
-         self.expires_at, self.tolerance, self.fp) = row
+        (
+            self.id,
+            self.type,
+            self.debit,
+            self.credit,
+            self.amount,
+            self.ref,
+            self.expires_at,
+            self.tolerance,
+            self.fp,
+        ) = row
 
 
 class _State:
-    __slots__ = ("expires_at", "id", "new", "pending_state", "refunded", "resolved_by",
-                 "reversed_by")
+    __slots__ = (
+        "expires_at",
+        "id",
+        "new",
+        "pending_state",
+        "refunded",
+        "resolved_by",
+        "reversed_by",
+    )
 
     def __init__(self, row: tuple, new: bool = False) -> None:  # type: ignore[type-arg]
-        (self.id, self.pending_state, self.expires_at, self.resolved_by, self.reversed_by,
-         self.refunded) = row
+        (
+            self.id,
+            self.pending_state,
+            self.expires_at,
+            self.resolved_by,
+            self.reversed_by,
+            self.refunded,
+        ) = row
         self.new = new
 
 
@@ -168,22 +213,38 @@ def _meta_ok(meta: WireMeta | None) -> bool:
         return True
     return (
         isinstance(meta, WireMeta)
-        and isinstance(meta.terminal_id, str) and 0 < len(meta.terminal_id) <= MAX_TEXT_LEN
-        and isinstance(meta.merchant_id, str) and len(meta.merchant_id) <= MAX_TEXT_LEN
-        and _is_int(meta.batch) and 0 <= meta.batch <= MAX_BATCH
-        and _is_int(meta.stan) and 0 <= meta.stan <= 999_999
-        and isinstance(meta.kind, str) and 0 < len(meta.kind) <= MAX_CODE_LEN
-        and _is_int(meta.leg) and 0 <= meta.leg <= 99
-        and isinstance(meta.rrn, str) and len(meta.rrn) <= MAX_TEXT_LEN
-        and isinstance(meta.masked_pan, str) and len(meta.masked_pan) <= MAX_TEXT_LEN
+        and isinstance(meta.terminal_id, str)
+        and 0 < len(meta.terminal_id) <= MAX_TEXT_LEN
+        and isinstance(meta.merchant_id, str)
+        and len(meta.merchant_id) <= MAX_TEXT_LEN
+        and _is_int(meta.batch)
+        and 0 <= meta.batch <= MAX_BATCH
+        and _is_int(meta.stan)
+        and 0 <= meta.stan <= 999_999
+        and isinstance(meta.kind, str)
+        and 0 < len(meta.kind) <= MAX_CODE_LEN
+        and _is_int(meta.leg)
+        and 0 <= meta.leg <= 99
+        and isinstance(meta.rrn, str)
+        and len(meta.rrn) <= MAX_TEXT_LEN
+        and isinstance(meta.masked_pan, str)
+        and len(meta.masked_pan) <= MAX_TEXT_LEN
     )
 
 
 def _meta_cols(meta: WireMeta | None) -> tuple[object, ...]:
     if meta is None:
         return (None, None, None, None, None, None, None, None)
-    return (meta.terminal_id, meta.merchant_id or None, meta.batch, meta.stan, meta.kind,
-            meta.leg, meta.rrn or None, meta.masked_pan or None)
+    return (
+        meta.terminal_id,
+        meta.merchant_id or None,
+        meta.batch,
+        meta.stan,
+        meta.kind,
+        meta.leg,
+        meta.rrn or None,
+        meta.masked_pan or None,
+    )
 
 
 class _Reject(Exception):
@@ -202,14 +263,16 @@ class _Batch:
         self.dirty_accounts: dict[bytes, _Acct] = {}
         self.dirty_states: dict[bytes, _State] = {}
         self.new_transfers: list[tuple[object, ...]] = []
-        self.new_rejections: list[tuple[object, ...]] = []
+        # Keyed by id: an id may be tombstoned and then rejected in one batch
+        # (a reversal whose own id is the original's); one row per id is written.
+        self.new_rejections: dict[bytes, tuple[object, ...]] = {}
         self.dirty_batches: set[str] = set()
         self.loaded_batches: set[str] = set()
         self.closures: list[tuple[object, ...]] = []
         self.due: list[bytes] = []
         # Rejections for originals that a reversal overtook. Kept apart from
         # new_rejections: a failing reversal is undone, its tombstone is not.
-        self.tombstones: list[tuple[object, ...]] = []
+        self.tombstones: dict[bytes, tuple[object, ...]] = {}
         self.journal: list[Callable[[], None]] = []
         # (id, fingerprint) of the op being applied, once it is known to be new:
         # if it fails, that is what the rejection is stored under.
@@ -345,7 +408,7 @@ class _Batch:
         if code is RC.INTERNAL_ERROR:
             return  # not a business answer: a retry deserves a fresh evaluation
         self.rejections[rid] = (fp, code.value)
-        self.new_rejections.append((rid, fp, code.value, self.now))
+        self.new_rejections[rid] = (rid, fp, code.value, self.now)
 
     def _apply(self, op: Op | ExpireDue) -> Result:
         t = type(op)
@@ -377,7 +440,8 @@ class _Batch:
         rej = self.rejections.get(idb)
         if rej is not None:
             if rej[0] == TOMBSTONE:
-                return Result(RC.ALREADY_REVERSED)
+                # The ledger's answer for this id was given by the reversal.
+                return Result(RC.ALREADY_REVERSED, duplicate=True)
             if rej[0] != fp:
                 return Result(RC.ID_EXISTS_DIFFERENT)
             return Result(RC(rej[1]), duplicate=True)
@@ -418,8 +482,12 @@ class _Batch:
 
     def _move(self, d: _Acct, c: _Acct, posted: int, pending: int) -> None:
         """Add `posted` to posted and `pending` (may be negative) to pending balances."""
-        if (d.dp + posted > MAX_AMOUNT or c.cp + posted > MAX_AMOUNT
-                or d.dpend + pending > MAX_AMOUNT or c.cpend + pending > MAX_AMOUNT):
+        if (
+            d.dp + posted > MAX_AMOUNT
+            or c.cp + posted > MAX_AMOUNT
+            or d.dpend + pending > MAX_AMOUNT
+            or c.cpend + pending > MAX_AMOUNT
+        ):
             raise _Reject(RC.OVERFLOW)
         self._touch(d)
         self._touch(c)
@@ -454,8 +522,20 @@ class _Batch:
     def _insert(self, x: _Xfer, code: str, meta: WireMeta | None) -> None:
         self.transfers[x.id] = x
         self.new_transfers.append(
-            (x.id, x.type, x.debit, x.credit, x.amount, code, x.ref, x.expires_at, x.tolerance,
-             x.fp, self.now, *_meta_cols(meta))
+            (
+                x.id,
+                x.type,
+                x.debit,
+                x.credit,
+                x.amount,
+                code,
+                x.ref,
+                x.expires_at,
+                x.tolerance,
+                x.fp,
+                self.now,
+                *_meta_cols(meta),
+            )
         )
 
         def forget() -> None:
@@ -470,9 +550,13 @@ class _Batch:
         if type(op.id) is not int or not valid_id(op.id):
             return Result(RC.ID_INVALID)
         idb = to_bytes(op.id)
-        dup = self._dup(idb, _fp(
-            f"T|{op.debit_account_id}|{op.credit_account_id}|{op.amount}|{op.code}|"
-            f"{op.pending}|{op.timeout_s}|{op.post_tolerance}|{op.refund_of}"))
+        dup = self._dup(
+            idb,
+            _fp(
+                f"T|{op.debit_account_id}|{op.credit_account_id}|{op.amount}|{op.code}|"
+                f"{op.pending}|{op.timeout_s}|{op.post_tolerance}|{op.refund_of}"
+            ),
+        )
         if dup is not None:
             return dup
         if not _amount_ok(op.amount):
@@ -484,8 +568,11 @@ class _Batch:
             return Result(RC.FIELD_INVALID)
         if not _is_int(op.timeout_s) or not 0 <= op.timeout_s <= MAX_TIMEOUT_S:
             return Result(RC.TIMEOUT_INVALID)
-        if (not _is_int(op.post_tolerance) or not 0 <= op.post_tolerance <= MAX_AMOUNT
-                or (op.post_tolerance and not op.pending)):
+        if (
+            not _is_int(op.post_tolerance)
+            or not 0 <= op.post_tolerance <= MAX_AMOUNT
+            or (op.post_tolerance and not op.pending)
+        ):
             return Result(RC.AMOUNT_INVALID)
         if op.timeout_s and not op.pending:
             return Result(RC.TIMEOUT_INVALID)
@@ -520,8 +607,9 @@ class _Batch:
 
         self._check_debit(d, op.amount)
         expires = self.now + op.timeout_s * 1_000_000 if op.timeout_s else None
-        x = _Xfer((idb, ttype, d.id, c.id, op.amount, ref, expires,
-                   op.post_tolerance, self.candidate[1]))  # type: ignore[index]
+        x = _Xfer(
+            (idb, ttype, d.id, c.id, op.amount, ref, expires, op.post_tolerance, self.candidate[1])
+        )  # type: ignore[index]
         if op.pending:
             self._move(d, c, 0, op.amount)
             st = self._state_of(idb)
@@ -544,7 +632,7 @@ class _Batch:
                 # answers 00 either way) and make sure the original, should it
                 # still arrive, is refused rather than posted un-reversed.
                 self.rejections[xid] = (TOMBSTONE, RC.ALREADY_REVERSED.value)
-                self.tombstones.append((xid, TOMBSTONE, RC.ALREADY_REVERSED.value, self.now))
+                self.tombstones[xid] = (xid, TOMBSTONE, RC.ALREADY_REVERSED.value, self.now)
             raise _Reject(RC.ORIGINAL_NOT_FOUND)
         return x
 
@@ -595,8 +683,9 @@ class _Batch:
         self._touch_state(st)
         st.pending_state = PendingState.POSTED.value
         st.resolved_by = idb
-        x = _Xfer((idb, TransferType.POST.value, d.id, c.id, amount, p.id, None, 0,
-                   self.candidate[1]))  # type: ignore[index]
+        x = _Xfer(
+            (idb, TransferType.POST.value, d.id, c.id, amount, p.id, None, 0, self.candidate[1])
+        )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
 
@@ -618,8 +707,9 @@ class _Batch:
         self._touch_state(st)
         st.pending_state = PendingState.VOIDED.value
         st.resolved_by = idb
-        x = _Xfer((idb, TransferType.VOID.value, d.id, c.id, p.amount, p.id, None, 0,
-                   self.candidate[1]))  # type: ignore[index]
+        x = _Xfer(
+            (idb, TransferType.VOID.value, d.id, c.id, p.amount, p.id, None, 0, self.candidate[1])
+        )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
 
@@ -651,8 +741,19 @@ class _Batch:
         self._move(d, c, orig.amount, 0)
         self._touch_state(st)
         st.reversed_by = idb
-        x = _Xfer((idb, TransferType.REVERSE.value, d.id, c.id, orig.amount, orig.id, None, 0,
-                   self.candidate[1]))  # type: ignore[index]
+        x = _Xfer(
+            (
+                idb,
+                TransferType.REVERSE.value,
+                d.id,
+                c.id,
+                orig.amount,
+                orig.id,
+                None,
+                0,
+                self.candidate[1],
+            )
+        )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
 
@@ -668,17 +769,26 @@ class _Batch:
             limit = 0
         if limit is not None and (not _is_int(limit) or not 0 <= limit <= MAX_AMOUNT):
             return Result(RC.ACCOUNT_INVALID)
-        if (not isinstance(op.currency, str) or not 0 < len(op.currency) <= 3
-                or not isinstance(op.owner, str) or len(op.owner) > MAX_TEXT_LEN):
+        if (
+            not isinstance(op.currency, str)
+            or not 0 < len(op.currency) <= 3
+            or not isinstance(op.owner, str)
+            or len(op.owner) > MAX_TEXT_LEN
+        ):
             return Result(RC.ACCOUNT_INVALID)
         idb = to_bytes(op.id)
         existing = self.accounts.get(idb)
         if existing is not None:
             same = (existing.kind, existing.currency, existing.owner, existing.limit) == (
-                kind.value, op.currency, op.owner, limit)
+                kind.value,
+                op.currency,
+                op.owner,
+                limit,
+            )
             return Result(RC.OK, duplicate=True) if same else Result(RC.ACCOUNT_EXISTS_DIFFERENT)
-        a = _Acct((idb, kind.value, op.currency, op.owner, limit, False, 0, 0, 0, 0, self.now),
-                  new=True)
+        a = _Acct(
+            (idb, kind.value, op.currency, op.owner, limit, False, 0, 0, 0, 0, self.now), new=True
+        )
         self.accounts[idb] = a
         self.dirty_accounts[idb] = a
 
@@ -747,30 +857,51 @@ class _Batch:
         account_updates = []
         for a in self.dirty_accounts.values():
             if a.new:
-                new_accounts.append((a.id, a.kind, a.currency, a.owner, a.limit, int(a.closed),
-                                     a.dp, a.cp, a.dpend, a.cpend, a.created_at))
+                new_accounts.append(
+                    (
+                        a.id,
+                        a.kind,
+                        a.currency,
+                        a.owner,
+                        a.limit,
+                        int(a.closed),
+                        a.dp,
+                        a.cp,
+                        a.dpend,
+                        a.cpend,
+                        a.created_at,
+                    )
+                )
             else:
                 account_updates.append((a.dp, a.cp, a.dpend, a.cpend, int(a.closed), a.id))
         new_states = []
         state_updates = []
         for s in self.dirty_states.values():
             if s.new:
-                new_states.append((s.id, s.pending_state, s.expires_at, s.resolved_by,
-                                   s.reversed_by, s.refunded))
+                new_states.append(
+                    (s.id, s.pending_state, s.expires_at, s.resolved_by, s.reversed_by, s.refunded)
+                )
             else:
-                state_updates.append((s.pending_state, s.resolved_by, s.reversed_by, s.refunded,
-                                      s.id))
+                state_updates.append(
+                    (s.pending_state, s.resolved_by, s.reversed_by, s.refunded, s.id)
+                )
         return Changes(
             new_accounts=new_accounts,
             account_updates=account_updates,
             new_transfers=self.new_transfers,
             new_states=new_states,
             state_updates=state_updates,
-            rejections=self.new_rejections + self.tombstones,
-            batch_inserts=[(t, self.batches[t], self.now) for t in sorted(self.dirty_batches)
-                           if t in self.batches and t not in self.loaded_batches],
-            batch_updates=[(self.batches[t], self.now, t) for t in sorted(self.dirty_batches)
-                           if t in self.loaded_batches],
+            rejections=list({**self.tombstones, **self.new_rejections}.values()),
+            batch_inserts=[
+                (t, self.batches[t], self.now)
+                for t in sorted(self.dirty_batches)
+                if t in self.batches and t not in self.loaded_batches
+            ],
+            batch_updates=[
+                (self.batches[t], self.now, t)
+                for t in sorted(self.dirty_batches)
+                if t in self.loaded_batches
+            ],
             closures=self.closures,
         )
 

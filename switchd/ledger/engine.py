@@ -140,8 +140,12 @@ class Ledger:
             # database, and its callers must not sleep forever.
             while self._queue:
                 req = self._queue.popleft()
-                trio.lowlevel.reschedule(req.task, outcome.Error(LedgerClosed(
-                    "the ledger closed before this operation reached the database")))
+                trio.lowlevel.reschedule(
+                    req.task,
+                    outcome.Error(
+                        LedgerClosed("the ledger closed before this operation reached the database")
+                    ),
+                )
 
     async def _commit_next(self) -> None:
         taken: list[_Request] = []
@@ -154,7 +158,8 @@ class Ledger:
         try:
             with trio.CancelScope(shield=True):
                 results = await trio.to_thread.run_sync(
-                    self.backend.apply, groups, now_us, limiter=self._write_limiter)
+                    self.backend.apply, groups, now_us, limiter=self._write_limiter
+                )
         except Exception as exc:
             self.failed_commits += 1
             if not isinstance(exc, CommitFailed):
@@ -215,13 +220,15 @@ class Ledger:
     async def transfers_by_batch(self, terminal_id: str, batch: int) -> list[TransferRecord]:
         return await self._read(queries.transfers_by_batch, terminal_id, batch)
 
-    async def request_transfers(self, terminal_id: str, batch: int, stan: int, kind: str
-                                ) -> list[TransferRecord]:
+    async def request_transfers(
+        self, terminal_id: str, batch: int, stan: int, kind: str
+    ) -> list[TransferRecord]:
         """The transfers (legs) one terminal request created: what a void or reversal undoes."""
         return await self._read(queries.request_transfers, terminal_id, batch, stan, kind)
 
-    async def transfers_by_merchant_day(self, merchant_id: str, day: date,
-                                        tz: tzinfo = UTC) -> list[TransferRecord]:
+    async def transfers_by_merchant_day(
+        self, merchant_id: str, day: date, tz: tzinfo = UTC
+    ) -> list[TransferRecord]:
         start, end = queries.day_bounds_us(day, tz)
         return await self._read(queries.transfers_by_merchant, merchant_id, start, end)
 
@@ -245,13 +252,19 @@ def make_backend(config: LedgerConfig) -> Backend:
     from .postgres_backend import PostgresBackend
 
     pg = config.postgres
-    return PostgresBackend(pg.dsn, schema=pg.schema, pool_min=pg.pool_min, pool_max=pg.pool_max,
-                           connect_timeout_s=pg.connect_timeout_s)
+    return PostgresBackend(
+        pg.dsn,
+        schema=pg.schema,
+        pool_min=pg.pool_min,
+        pool_max=pg.pool_max,
+        connect_timeout_s=pg.connect_timeout_s,
+    )
 
 
 @asynccontextmanager
-async def open_ledger(config: LedgerConfig, backend: Backend | None = None
-                      ) -> AsyncIterator[Ledger]:
+async def open_ledger(
+    config: LedgerConfig, backend: Backend | None = None
+) -> AsyncIterator[Ledger]:
     """Open the database (running migrations), start the writer, yield the ledger.
 
     On exit: no new submissions, queued ones are committed, the database closed.

@@ -49,8 +49,15 @@ class Request:
 
     __slots__ = ("batch", "masked_pan", "merchant_id", "rrn", "stan", "terminal_id")
 
-    def __init__(self, terminal_id: str, merchant_id: str, batch: int, stan: int,
-                 rrn: str = "", masked_pan: str = "") -> None:
+    def __init__(
+        self,
+        terminal_id: str,
+        merchant_id: str,
+        batch: int,
+        stan: int,
+        rrn: str = "",
+        masked_pan: str = "",
+    ) -> None:
         self.terminal_id = terminal_id
         self.merchant_id = merchant_id
         self.batch = batch
@@ -62,21 +69,38 @@ class Request:
         return transfer_id(self.terminal_id, self.batch, self.stan, kind, leg)
 
     def meta(self, kind: str, leg: int = 0) -> WireMeta:
-        return WireMeta(terminal_id=self.terminal_id, merchant_id=self.merchant_id,
-                        batch=self.batch, stan=self.stan, kind=kind, leg=leg, rrn=self.rrn,
-                        masked_pan=self.masked_pan)
+        return WireMeta(
+            terminal_id=self.terminal_id,
+            merchant_id=self.merchant_id,
+            batch=self.batch,
+            stan=self.stan,
+            kind=kind,
+            leg=leg,
+            rrn=self.rrn,
+            masked_pan=self.masked_pan,
+        )
 
 
-def sale(req: Request, card: int, merchant: int, fee_account: int, amount: int, fee: int
-         ) -> list[Op]:
+def sale(
+    req: Request, card: int, merchant: int, fee_account: int, amount: int, fee: int
+) -> list[Op]:
     """A sale: the card pays the merchant the amount; the merchant pays its fee."""
     if not 0 <= fee <= amount:
         raise ValueError("fee must be between 0 and the amount")
-    ops: list[Op] = [Transfer(req.id("sale", 0), card, merchant, amount, "sale",
-                              meta=req.meta("sale", 0))]
+    ops: list[Op] = [
+        Transfer(req.id("sale", 0), card, merchant, amount, "sale", meta=req.meta("sale", 0))
+    ]
     if fee:
-        ops.append(Transfer(req.id("sale", 1), merchant, fee_account, fee, "merchant_fee",
-                            meta=req.meta("sale", 1)))
+        ops.append(
+            Transfer(
+                req.id("sale", 1),
+                merchant,
+                fee_account,
+                fee,
+                "merchant_fee",
+                meta=req.meta("sale", 1),
+            )
+        )
     return ops
 
 
@@ -102,43 +126,101 @@ def undo_missing(req: Request, kind: str, original_id: int) -> list[Op]:
     return [Reverse(req.id(kind, 0), original_id, code=kind, meta=req.meta(kind, 0))]
 
 
-def refund(req: Request, card: int, merchant: int, original_sale_leg0: int, amount: int,
-           fee_account: int | None = None, original_fee_leg: int | None = None,
-           fee_refund: int = 0) -> list[Op]:
+def refund(
+    req: Request,
+    card: int,
+    merchant: int,
+    original_sale_leg0: int,
+    amount: int,
+    fee_account: int | None = None,
+    original_fee_leg: int | None = None,
+    fee_refund: int = 0,
+) -> list[Op]:
     """A refund: the merchant pays the card back, up to the sale's amount over all refunds.
 
     Optionally the fee income returns `fee_refund` to the merchant, limited by
     the sale's fee leg the same way.
     """
-    ops: list[Op] = [Transfer(req.id("refund", 0), merchant, card, amount, "refund",
-                              refund_of=original_sale_leg0, meta=req.meta("refund", 0))]
+    ops: list[Op] = [
+        Transfer(
+            req.id("refund", 0),
+            merchant,
+            card,
+            amount,
+            "refund",
+            refund_of=original_sale_leg0,
+            meta=req.meta("refund", 0),
+        )
+    ]
     if fee_refund:
         if fee_account is None or original_fee_leg is None:
             raise ValueError("a fee refund needs the fee account and the sale's fee leg")
-        ops.append(Transfer(req.id("refund", 1), fee_account, merchant, fee_refund,
-                            "merchant_fee_refund", refund_of=original_fee_leg,
-                            meta=req.meta("refund", 1)))
+        ops.append(
+            Transfer(
+                req.id("refund", 1),
+                fee_account,
+                merchant,
+                fee_refund,
+                "merchant_fee_refund",
+                refund_of=original_fee_leg,
+                meta=req.meta("refund", 1),
+            )
+        )
     return ops
 
 
-def preauth(req: Request, card: int, merchant: int, amount: int, timeout_s: int,
-            tolerance: int = 0) -> list[Op]:
+def preauth(
+    req: Request, card: int, merchant: int, amount: int, timeout_s: int, tolerance: int = 0
+) -> list[Op]:
     """A pre-authorization: a hold on the card's available balance."""
-    return [Transfer(req.id("preauth", 0), card, merchant, amount, "preauth", pending=True,
-                     timeout_s=timeout_s, post_tolerance=tolerance, meta=req.meta("preauth", 0))]
+    return [
+        Transfer(
+            req.id("preauth", 0),
+            card,
+            merchant,
+            amount,
+            "preauth",
+            pending=True,
+            timeout_s=timeout_s,
+            post_tolerance=tolerance,
+            meta=req.meta("preauth", 0),
+        )
+    ]
 
 
 def preauth_cancel(req: Request, preauth_id: int) -> list[Op]:
-    return [VoidPending(req.id("preauth_cancel", 0), preauth_id, code="preauth_cancel",
-                        meta=req.meta("preauth_cancel", 0))]
+    return [
+        VoidPending(
+            req.id("preauth_cancel", 0),
+            preauth_id,
+            code="preauth_cancel",
+            meta=req.meta("preauth_cancel", 0),
+        )
+    ]
 
 
-def completion(req: Request, preauth_id: int, amount: int, merchant: int, fee_account: int,
-               fee: int) -> list[Op]:
+def completion(
+    req: Request, preauth_id: int, amount: int, merchant: int, fee_account: int, fee: int
+) -> list[Op]:
     """Complete a pre-authorization for `amount` (partial, full, or within the tolerance)."""
-    ops: list[Op] = [PostPending(req.id("completion", 0), preauth_id, amount, code="completion",
-                                 meta=req.meta("completion", 0))]
+    ops: list[Op] = [
+        PostPending(
+            req.id("completion", 0),
+            preauth_id,
+            amount,
+            code="completion",
+            meta=req.meta("completion", 0),
+        )
+    ]
     if fee:
-        ops.append(Transfer(req.id("completion", 1), merchant, fee_account, fee, "merchant_fee",
-                            meta=req.meta("completion", 1)))
+        ops.append(
+            Transfer(
+                req.id("completion", 1),
+                merchant,
+                fee_account,
+                fee,
+                "merchant_fee",
+                meta=req.meta("completion", 1),
+            )
+        )
     return ops

@@ -156,4 +156,3 @@ def pending_migrations(applied: set[int], dialect: str) -> list[tuple[int, str, 
         if m.version not in applied:
             out.append((m.version, m.description, m.sqlite if dialect == "sqlite" else m.postgres))
     return out
-

@@ -211,8 +211,9 @@ Op = CreateAccount | CloseAccount | Transfer | PostPending | VoidPending | Rever
 class Result(msgspec.Struct, frozen=True):
     """The outcome of one operation.
 
-    `duplicate` is True when the id had been seen before: nothing changed, and
-    `code` is the first outcome. `value` carries an operation's answer where it
+    `duplicate` is True when the ledger already had an answer for this id:
+    nothing changed, and `code` is that first answer (for a transfer a
+    reversal overtook: ALREADY_REVERSED). `value` carries an operation's answer where it
     has one (CloseBatch: the next batch number; ExpirePending: how many expired).
     """
 

@@ -79,36 +79,46 @@ class _PgStore:
         rows = self._rows(
             "SELECT id FROM transfer_state WHERE pending_state = 'pending'"
             " AND expires_at IS NOT NULL AND expires_at <= %s ORDER BY expires_at LIMIT %s"
-            " FOR UPDATE SKIP LOCKED", (now_us, limit))
+            " FOR UPDATE SKIP LOCKED",
+            (now_us, limit),
+        )
         return [r[0] for r in rows]
 
     def load_states(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._rows(
             "SELECT id, pending_state, expires_at, resolved_by, reversed_by, refunded"
-            " FROM transfer_state WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            " FROM transfer_state WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (ids,),
+        )
 
     def load_transfers(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._rows(
             "SELECT id, type, debit_account_id, credit_account_id, amount, ref_id, expires_at,"
-            " post_tolerance, fingerprint FROM transfers WHERE id = ANY(%s)", (ids,))
+            " post_tolerance, fingerprint FROM transfers WHERE id = ANY(%s)",
+            (ids,),
+        )
 
     def load_rejections(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
-        return self._rows("SELECT id, fingerprint, code FROM rejections WHERE id = ANY(%s)",
-                          (ids,))
+        return self._rows("SELECT id, fingerprint, code FROM rejections WHERE id = ANY(%s)", (ids,))
 
     def load_accounts(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._rows(
             "SELECT id, kind, currency, owner, credit_limit, closed, debits_posted,"
             " credits_posted, debits_pending, credits_pending, created_at"
-            " FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE", (ids,))
+            " FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+            (ids,),
+        )
 
     def load_terminal_batches(self, tids: list[str]) -> list[tuple[Any, ...]]:
         return self._rows(
             "SELECT terminal_id, current_batch FROM terminal_batches"
-            " WHERE terminal_id = ANY(%s) ORDER BY terminal_id FOR UPDATE", (tids,))
+            " WHERE terminal_id = ANY(%s) ORDER BY terminal_id FOR UPDATE",
+            (tids,),
+        )
 
-    def _unnest(self, head: str, types: Sequence[str], rows: list[tuple[Any, ...]],
-                tail: str = "") -> None:
+    def _unnest(
+        self, head: str, types: Sequence[str], rows: list[tuple[Any, ...]], tail: str = ""
+    ) -> None:
         """One statement for many rows: each column goes in as one array."""
         columns = [list(col) for col in zip(*rows, strict=True)]
         arrays = ", ".join(f"%s::{t}[]" for t in types)
@@ -117,8 +127,9 @@ class _PgStore:
     def write(self, ch: Changes) -> None:
         cur = self.cur
         if ch.new_accounts:
-            cur.executemany("INSERT INTO accounts VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                            ch.new_accounts)
+            cur.executemany(
+                "INSERT INTO accounts VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)", ch.new_accounts
+            )
         if ch.account_updates:
             columns = [list(col) for col in zip(*ch.account_updates, strict=True)]
             cur.execute(
@@ -126,32 +137,66 @@ class _PgStore:
                 " debits_pending = u.dpend, credits_pending = u.cpend, closed = u.closed"
                 " FROM unnest(%s::int8[], %s::int8[], %s::int8[], %s::int8[], %s::int2[],"
                 " %s::bytea[]) AS u(dp, cp, dpend, cpend, closed, id) WHERE a.id = u.id",
-                columns)
+                columns,
+            )
         if ch.new_transfers:
             # Sorted so two processes inserting overlapping ids wait in one order.
             rows = sorted(ch.new_transfers, key=lambda r: r[0])  # type: ignore[arg-type,return-value]
-            self._unnest("INSERT INTO transfers", (
-                "bytea", "text", "bytea", "bytea", "int8", "text", "bytea", "int8", "int8",
-                "bytea", "int8", "text", "text", "int8", "int8", "text", "int2", "text", "text"),
-                rows)
+            self._unnest(
+                "INSERT INTO transfers",
+                (
+                    "bytea",
+                    "text",
+                    "bytea",
+                    "bytea",
+                    "int8",
+                    "text",
+                    "bytea",
+                    "int8",
+                    "int8",
+                    "bytea",
+                    "int8",
+                    "text",
+                    "text",
+                    "int8",
+                    "int8",
+                    "text",
+                    "int2",
+                    "text",
+                    "text",
+                ),
+                rows,
+            )
         if ch.new_states:
-            self._unnest("INSERT INTO transfer_state",
-                         ("bytea", "text", "int8", "bytea", "bytea", "int8"),
-                         sorted(ch.new_states, key=lambda r: r[0]))  # type: ignore[arg-type,return-value]
+            self._unnest(
+                "INSERT INTO transfer_state",
+                ("bytea", "text", "int8", "bytea", "bytea", "int8"),
+                sorted(ch.new_states, key=lambda r: r[0]),
+            )  # type: ignore[arg-type,return-value]
         if ch.state_updates:
-            cur.executemany("UPDATE transfer_state SET pending_state = %s, resolved_by = %s,"
-                            " reversed_by = %s, refunded = %s WHERE id = %s", ch.state_updates)
+            cur.executemany(
+                "UPDATE transfer_state SET pending_state = %s, resolved_by = %s,"
+                " reversed_by = %s, refunded = %s WHERE id = %s",
+                ch.state_updates,
+            )
         if ch.rejections:
-            self._unnest("INSERT INTO rejections", ("bytea", "bytea", "text", "int8"),
-                         sorted(ch.rejections, key=lambda r: r[0]))  # type: ignore[arg-type,return-value]
+            self._unnest(
+                "INSERT INTO rejections",
+                ("bytea", "bytea", "text", "int8"),
+                sorted(ch.rejections, key=lambda r: r[0]),
+            )  # type: ignore[arg-type,return-value]
         if ch.batch_inserts:
             cur.executemany("INSERT INTO terminal_batches VALUES (%s,%s,%s)", ch.batch_inserts)
         if ch.batch_updates:
-            cur.executemany("UPDATE terminal_batches SET current_batch = %s, updated_at = %s"
-                            " WHERE terminal_id = %s", ch.batch_updates)
+            cur.executemany(
+                "UPDATE terminal_batches SET current_batch = %s, updated_at = %s"
+                " WHERE terminal_id = %s",
+                ch.batch_updates,
+            )
         if ch.closures:
-            cur.executemany("INSERT INTO batch_closures VALUES (%s,%s,%s)"
-                            " ON CONFLICT DO NOTHING", ch.closures)
+            cur.executemany(
+                "INSERT INTO batch_closures VALUES (%s,%s,%s) ON CONFLICT DO NOTHING", ch.closures
+            )
 
 
 class PostgresBackend:
@@ -159,8 +204,14 @@ class PostgresBackend:
 
     name = "postgres"
 
-    def __init__(self, dsn: str, schema: str | None = None, pool_min: int = 1,
-                 pool_max: int = 8, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        schema: str | None = None,
+        pool_min: int = 1,
+        pool_max: int = 8,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
         self.dsn = dsn
         self.schema = schema
         self.dialect = Dialect("postgres")
@@ -171,21 +222,32 @@ class PostgresBackend:
             options += f" -c search_path={schema}"
         # application_name lets an operator (and the fault tests) find our sessions.
         self.application_name = f"switchd-ledger:{schema or 'public'}"[:63]
-        self._kwargs: dict[str, Any] = {"options": options, "autocommit": False,
-                                        "application_name": self.application_name}
+        self._kwargs: dict[str, Any] = {
+            "options": options,
+            "autocommit": False,
+            "application_name": self.application_name,
+        }
         self._pool_min, self._pool_max = pool_min, pool_max
         self._timeout = connect_timeout_s
         self.pool: ConnectionPool[Any] | None = None
 
     def open(self) -> None:
         if self.schema:
-            with psycopg.connect(self.dsn, autocommit=True,
-                                 connect_timeout=int(self._timeout)) as conn:
-                conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))
-        self.pool = ConnectionPool(self.dsn, min_size=self._pool_min, max_size=self._pool_max,
-                                   kwargs=self._kwargs, timeout=self._timeout, open=False,
-                                   check=ConnectionPool.check_connection)
+            with psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=int(self._timeout)
+            ) as conn:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
+                )
+        self.pool = ConnectionPool(
+            self.dsn,
+            min_size=self._pool_min,
+            max_size=self._pool_max,
+            kwargs=self._kwargs,
+            timeout=self._timeout,
+            open=False,
+            check=ConnectionPool.check_connection,
+        )
         self.pool.open(wait=True, timeout=self._timeout)
         with self.pool.connection() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
@@ -194,8 +256,10 @@ class PostgresBackend:
             for version, description, statements in pending_migrations(applied, "postgres"):
                 for stmt in statements:
                     conn.execute(stmt)  # type: ignore[arg-type]
-                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)",
-                             (version, description, int(time.time() * 1e6)))
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
+                    (version, description, int(time.time() * 1e6)),
+                )
             conn.commit()
 
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
@@ -220,12 +284,15 @@ class PostgresBackend:
                 raise CommitFailed(
                     f"postgres: batch of {len(groups)} not committed ({type(exc).__name__}: "
                     f"{exc}); if the connection was lost during COMMIT the outcome is unknown:"
-                    " resubmit the same ids") from exc
+                    " resubmit the same ids"
+                ) from exc
             except Exception as exc:  # pool timeout, connection refused
-                raise CommitFailed(f"postgres: batch of {len(groups)} not committed: {exc}"
-                                   ) from exc
-        raise CommitFailed(f"postgres: batch of {len(groups)} not committed after {_RETRIES}"
-                           f" attempts: {last}")
+                raise CommitFailed(
+                    f"postgres: batch of {len(groups)} not committed: {exc}"
+                ) from exc
+        raise CommitFailed(
+            f"postgres: batch of {len(groups)} not committed after {_RETRIES} attempts: {last}"
+        )
 
     def read(self, fn: Callable[[Any, Dialect], T]) -> T:
         assert self.pool is not None, "backend not open"

@@ -43,34 +43,60 @@ class Dialect:
         return text if self.name == "sqlite" else text.replace("?", "%s")
 
 
-_ACCOUNT_COLS = ("id, kind, currency, owner, credit_limit, closed, debits_posted, credits_posted,"
-                 " debits_pending, credits_pending, created_at")
-_TRANSFER_COLS = ("t.id, t.type, t.debit_account_id, t.credit_account_id, t.amount, t.code,"
-                  " t.ref_id, t.expires_at, t.post_tolerance, t.created_at, t.terminal_id,"
-                  " t.merchant_id, t.batch_no, t.stan, t.txn_kind, t.leg, t.rrn, t.masked_pan,"
-                  " s.pending_state, s.reversed_by, s.refunded")
+_ACCOUNT_COLS = (
+    "id, kind, currency, owner, credit_limit, closed, debits_posted, credits_posted,"
+    " debits_pending, credits_pending, created_at"
+)
+_TRANSFER_COLS = (
+    "t.id, t.type, t.debit_account_id, t.credit_account_id, t.amount, t.code,"
+    " t.ref_id, t.expires_at, t.post_tolerance, t.created_at, t.terminal_id,"
+    " t.merchant_id, t.batch_no, t.stan, t.txn_kind, t.leg, t.rrn, t.masked_pan,"
+    " s.pending_state, s.reversed_by, s.refunded"
+)
 _TRANSFER_FROM = "transfers t LEFT JOIN transfer_state s ON s.id = t.id"
 
 
 def _account(row: tuple[Any, ...]) -> Account:
     return Account(
-        id=from_bytes(row[0]), kind=AccountKind(row[1]), currency=row[2], owner=row[3],
-        credit_limit=row[4], closed=bool(row[5]), debits_posted=row[6], credits_posted=row[7],
-        debits_pending=row[8], credits_pending=row[9], created_at_us=row[10],
+        id=from_bytes(row[0]),
+        kind=AccountKind(row[1]),
+        currency=row[2],
+        owner=row[3],
+        credit_limit=row[4],
+        closed=bool(row[5]),
+        debits_posted=row[6],
+        credits_posted=row[7],
+        debits_pending=row[8],
+        credits_pending=row[9],
+        created_at_us=row[10],
     )
 
 
 def _transfer(row: tuple[Any, ...]) -> TransferRecord:
     meta = None
     if row[10] is not None:
-        meta = WireMeta(terminal_id=row[10], merchant_id=row[11] or "", batch=row[12],
-                        stan=row[13], kind=row[14], leg=row[15], rrn=row[16] or "",
-                        masked_pan=row[17] or "")
+        meta = WireMeta(
+            terminal_id=row[10],
+            merchant_id=row[11] or "",
+            batch=row[12],
+            stan=row[13],
+            kind=row[14],
+            leg=row[15],
+            rrn=row[16] or "",
+            masked_pan=row[17] or "",
+        )
     return TransferRecord(
-        id=from_bytes(row[0]), type=TransferType(row[1]), debit_account_id=from_bytes(row[2]),
-        credit_account_id=from_bytes(row[3]), amount=row[4], code=row[5],
-        ref_id=from_bytes(row[6]) if row[6] is not None else None, expires_at_us=row[7],
-        post_tolerance=row[8], created_at_us=row[9], meta=meta,
+        id=from_bytes(row[0]),
+        type=TransferType(row[1]),
+        debit_account_id=from_bytes(row[2]),
+        credit_account_id=from_bytes(row[3]),
+        amount=row[4],
+        code=row[5],
+        ref_id=from_bytes(row[6]) if row[6] is not None else None,
+        expires_at_us=row[7],
+        post_tolerance=row[8],
+        created_at_us=row[9],
+        meta=meta,
         pending_state=PendingState(row[18]) if row[18] is not None else None,
         reversed_by=from_bytes(row[19]) if row[19] is not None else None,
         refunded=row[20] or 0,
@@ -78,44 +104,59 @@ def _transfer(row: tuple[Any, ...]) -> TransferRecord:
 
 
 def get_account(conn: Conn, d: Dialect, account_id: int) -> Account | None:
-    row = conn.execute(d.sql(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?"),
-                       (to_bytes(account_id),)).fetchone()
+    row = conn.execute(
+        d.sql(f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE id = ?"), (to_bytes(account_id),)
+    ).fetchone()
     return _account(row) if row else None
 
 
 def get_transfer(conn: Conn, d: Dialect, transfer_id: int) -> TransferRecord | None:
-    row = conn.execute(d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM} WHERE t.id = ?"),
-                       (to_bytes(transfer_id),)).fetchone()
+    row = conn.execute(
+        d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM} WHERE t.id = ?"),
+        (to_bytes(transfer_id),),
+    ).fetchone()
     return _transfer(row) if row else None
 
 
-def transfers_by_batch(conn: Conn, d: Dialect, terminal_id: str, batch: int
-                       ) -> list[TransferRecord]:
+def transfers_by_batch(
+    conn: Conn, d: Dialect, terminal_id: str, batch: int
+) -> list[TransferRecord]:
     rows = conn.execute(
-        d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
-              " WHERE t.terminal_id = ? AND t.batch_no = ? ORDER BY t.created_at, t.stan, t.leg"),
-        (terminal_id, batch)).fetchall()
+        d.sql(
+            f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
+            " WHERE t.terminal_id = ? AND t.batch_no = ? ORDER BY t.created_at, t.stan, t.leg"
+        ),
+        (terminal_id, batch),
+    ).fetchall()
     return [_transfer(r) for r in rows]
 
 
-def request_transfers(conn: Conn, d: Dialect, terminal_id: str, batch: int, stan: int,
-                      kind: str) -> list[TransferRecord]:
+def request_transfers(
+    conn: Conn, d: Dialect, terminal_id: str, batch: int, stan: int, kind: str
+) -> list[TransferRecord]:
     """The legs one terminal request created, leg 0 first."""
     rows = conn.execute(
-        d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
-              " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.stan = ? AND t.txn_kind = ?"
-              " ORDER BY t.leg"),
-        (terminal_id, batch, stan, kind)).fetchall()
+        d.sql(
+            f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
+            " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.stan = ? AND t.txn_kind = ?"
+            " ORDER BY t.leg"
+        ),
+        (terminal_id, batch, stan, kind),
+    ).fetchall()
     return [_transfer(r) for r in rows]
 
 
-def transfers_by_merchant(conn: Conn, d: Dialect, merchant_id: str, start_us: int, end_us: int
-                          ) -> list[TransferRecord]:
+def transfers_by_merchant(
+    conn: Conn, d: Dialect, merchant_id: str, start_us: int, end_us: int
+) -> list[TransferRecord]:
     rows = conn.execute(
-        d.sql(f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
-              " WHERE t.merchant_id = ? AND t.created_at >= ? AND t.created_at < ?"
-              " ORDER BY t.created_at, t.terminal_id, t.stan, t.leg"),
-        (merchant_id, start_us, end_us)).fetchall()
+        d.sql(
+            f"SELECT {_TRANSFER_COLS} FROM {_TRANSFER_FROM}"
+            " WHERE t.merchant_id = ? AND t.created_at >= ? AND t.created_at < ?"
+            " ORDER BY t.created_at, t.terminal_id, t.stan, t.leg"
+        ),
+        (merchant_id, start_us, end_us),
+    ).fetchall()
     return [_transfer(r) for r in rows]
 
 
@@ -130,15 +171,18 @@ def settlement_totals(conn: Conn, d: Dialect, terminal_id: str, batch: int) -> S
     # Leg 0 carries the amount the terminal knows; a transaction whose leg 0
     # was undone by a 0400 reversal is not in the terminal's totals either.
     rows = conn.execute(
-        d.sql("SELECT t.txn_kind, COUNT(*), COALESCE(SUM(t.amount), 0)"
-              " FROM transfers t"
-              " LEFT JOIN transfer_state s ON s.id = t.id"
-              " LEFT JOIN transfers r ON r.id = s.reversed_by"
-              " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.leg = 0"
-              " AND t.type IN ('posted', 'post', 'reverse', 'refund')"
-              " AND (r.txn_kind IS NULL OR r.txn_kind <> ?)"
-              " GROUP BY t.txn_kind"),
-        (terminal_id, batch, REVERSAL_KIND)).fetchall()
+        d.sql(
+            "SELECT t.txn_kind, COUNT(*), COALESCE(SUM(t.amount), 0)"
+            " FROM transfers t"
+            " LEFT JOIN transfer_state s ON s.id = t.id"
+            " LEFT JOIN transfers r ON r.id = s.reversed_by"
+            " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.leg = 0"
+            " AND t.type IN ('posted', 'post', 'reverse', 'refund')"
+            " AND (r.txn_kind IS NULL OR r.txn_kind <> ?)"
+            " GROUP BY t.txn_kind"
+        ),
+        (terminal_id, batch, REVERSAL_KIND),
+    ).fetchall()
     debit_amount = debit_count = credit_amount = credit_count = 0
     for kind, count, amount in rows:
         if kind in SETTLEMENT_DEBIT_KINDS:
@@ -147,14 +191,20 @@ def settlement_totals(conn: Conn, d: Dialect, terminal_id: str, batch: int) -> S
         elif kind in SETTLEMENT_CREDIT_KINDS:
             credit_amount += int(amount)
             credit_count += int(count)
-    return SettlementTotals(terminal_id=terminal_id, batch=batch, debit_amount=debit_amount,
-                            debit_count=debit_count, credit_amount=credit_amount,
-                            credit_count=credit_count)
+    return SettlementTotals(
+        terminal_id=terminal_id,
+        batch=batch,
+        debit_amount=debit_amount,
+        debit_count=debit_count,
+        credit_amount=credit_amount,
+        credit_count=credit_count,
+    )
 
 
 def current_batch(conn: Conn, d: Dialect, terminal_id: str) -> int:
-    row = conn.execute(d.sql("SELECT current_batch FROM terminal_batches WHERE terminal_id = ?"),
-                       (terminal_id,)).fetchone()
+    row = conn.execute(
+        d.sql("SELECT current_batch FROM terminal_batches WHERE terminal_id = ?"), (terminal_id,)
+    ).fetchone()
     return int(row[0]) if row else 1
 
 
@@ -171,7 +221,8 @@ def audit(conn: Conn, d: Dialect) -> list[str]:
     rows = conn.execute(
         "SELECT t.debit_account_id, t.credit_account_id, t.type, s.pending_state,"
         " SUM(t.amount) FROM transfers t LEFT JOIN transfer_state s ON s.id = t.id"
-        " GROUP BY t.debit_account_id, t.credit_account_id, t.type, s.pending_state").fetchall()
+        " GROUP BY t.debit_account_id, t.credit_account_id, t.type, s.pending_state"
+    ).fetchall()
     for debit, credit, ttype, pstate, amount in rows:
         amount = int(amount)
         if debit not in sums or credit not in sums:

@@ -59,53 +59,74 @@ class _SqliteStore:
         rows = self.conn.execute(
             "SELECT id FROM transfer_state WHERE pending_state = 'pending'"
             " AND expires_at IS NOT NULL AND expires_at <= ? ORDER BY expires_at LIMIT ?",
-            (now_us, limit)).fetchall()
+            (now_us, limit),
+        ).fetchall()
         return [r[0] for r in rows]
 
     def load_states(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
-        return self._in("SELECT id, pending_state, expires_at, resolved_by, reversed_by, refunded"
-                        " FROM transfer_state WHERE id IN ({})", ids)
+        return self._in(
+            "SELECT id, pending_state, expires_at, resolved_by, reversed_by, refunded"
+            " FROM transfer_state WHERE id IN ({})",
+            ids,
+        )
 
     def load_transfers(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
-        return self._in("SELECT id, type, debit_account_id, credit_account_id, amount, ref_id,"
-                        " expires_at, post_tolerance, fingerprint FROM transfers WHERE id IN ({})",
-                        ids)
+        return self._in(
+            "SELECT id, type, debit_account_id, credit_account_id, amount, ref_id,"
+            " expires_at, post_tolerance, fingerprint FROM transfers WHERE id IN ({})",
+            ids,
+        )
 
     def load_rejections(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._in("SELECT id, fingerprint, code FROM rejections WHERE id IN ({})", ids)
 
     def load_accounts(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
-        return self._in("SELECT id, kind, currency, owner, credit_limit, closed, debits_posted,"
-                        " credits_posted, debits_pending, credits_pending, created_at"
-                        " FROM accounts WHERE id IN ({})", ids)
+        return self._in(
+            "SELECT id, kind, currency, owner, credit_limit, closed, debits_posted,"
+            " credits_posted, debits_pending, credits_pending, created_at"
+            " FROM accounts WHERE id IN ({})",
+            ids,
+        )
 
     def load_terminal_batches(self, tids: list[str]) -> list[tuple[Any, ...]]:
-        return self._in("SELECT terminal_id, current_batch FROM terminal_batches"
-                        " WHERE terminal_id IN ({})", tids)
+        return self._in(
+            "SELECT terminal_id, current_batch FROM terminal_batches WHERE terminal_id IN ({})",
+            tids,
+        )
 
     def write(self, ch: Changes) -> None:
         c = self.conn
         if ch.new_accounts:
             c.executemany("INSERT INTO accounts VALUES (?,?,?,?,?,?,?,?,?,?,?)", ch.new_accounts)
         if ch.account_updates:
-            c.executemany("UPDATE accounts SET debits_posted = ?, credits_posted = ?,"
-                          " debits_pending = ?, credits_pending = ?, closed = ? WHERE id = ?",
-                          ch.account_updates)
+            c.executemany(
+                "UPDATE accounts SET debits_posted = ?, credits_posted = ?,"
+                " debits_pending = ?, credits_pending = ?, closed = ? WHERE id = ?",
+                ch.account_updates,
+            )
         if ch.new_transfers:
-            c.executemany("INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                          ch.new_transfers)
+            c.executemany(
+                "INSERT INTO transfers VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                ch.new_transfers,
+            )
         if ch.new_states:
             c.executemany("INSERT INTO transfer_state VALUES (?,?,?,?,?,?)", ch.new_states)
         if ch.state_updates:
-            c.executemany("UPDATE transfer_state SET pending_state = ?, resolved_by = ?,"
-                          " reversed_by = ?, refunded = ? WHERE id = ?", ch.state_updates)
+            c.executemany(
+                "UPDATE transfer_state SET pending_state = ?, resolved_by = ?,"
+                " reversed_by = ?, refunded = ? WHERE id = ?",
+                ch.state_updates,
+            )
         if ch.rejections:
             c.executemany("INSERT INTO rejections VALUES (?,?,?,?)", ch.rejections)
         if ch.batch_inserts:
             c.executemany("INSERT INTO terminal_batches VALUES (?,?,?)", ch.batch_inserts)
         if ch.batch_updates:
-            c.executemany("UPDATE terminal_batches SET current_batch = ?, updated_at = ?"
-                          " WHERE terminal_id = ?", ch.batch_updates)
+            c.executemany(
+                "UPDATE terminal_batches SET current_batch = ?, updated_at = ?"
+                " WHERE terminal_id = ?",
+                ch.batch_updates,
+            )
         if ch.closures:
             c.executemany("INSERT OR IGNORE INTO batch_closures VALUES (?,?,?)", ch.closures)
 
@@ -113,8 +134,9 @@ class _SqliteStore:
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the module
     # never opens a transaction behind our back.
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                           timeout=_BUSY_TIMEOUT_MS / 1000)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+    )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
@@ -147,8 +169,10 @@ class SqliteBackend:
             for version, description, statements in pending_migrations(applied, "sqlite"):
                 for stmt in statements:
                     conn.execute(stmt)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                             (version, description, int(time.time() * 1e6)))
+                conn.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (version, description, int(time.time() * 1e6)),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

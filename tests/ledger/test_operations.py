@@ -191,7 +191,7 @@ async def test_reversal_overtaking_its_original(config: LedgerConfig) -> None:
         res = await ledger.submit_linked(flows.undo_missing(req, "reversal", req.id("sale", 0)))
         assert res[0].code is RC.ORIGINAL_NOT_FOUND
         late = await ledger.submit_linked(flows.sale(req, c.card, c.merchant, c.fee, 100, 1))
-        assert late[0].code is RC.ALREADY_REVERSED
+        assert late[0].code is RC.ALREADY_REVERSED and late[0].duplicate
         assert (await ledger.account(c.card)).balance == 100_000  # type: ignore[union-attr]
 
 
