@@ -1,24 +1,64 @@
-"""The `switchd` command line."""
+"""switchd: a payment switch for CUP-style POS terminals.
+
+Commands:
+  run     start the switch (embedded defaults without --config: SQLite ledger
+          under ./var, the software HSM in-process, the demo data)
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+import trio
+
+from switchd import jsonlog
+from switchd.config import ConfigError, load
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="switchd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="start the switch (embedded defaults without --config)")
-    run.add_argument("--config", help="TOML configuration file")
+    parser = argparse.ArgumentParser(
+        prog="switchd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="start the switch",
+        description="Start the switch: terminal listeners, HSM link, ledger. SIGTERM drains "
+        "and exits 0; SIGHUP reloads routing, issuers, limits and parameters.",
+    )
+    run.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    jsonlog.setup(getattr(logging, str(args.log_level).upper(), logging.INFO))
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"switchd: bad configuration: {exc}", file=sys.stderr)
+        return 2
     if args.command == "run":
-        print("switchd: the daemon is not built yet", file=sys.stderr)
-        return 1
+        from switchd.daemon import Switch
+
+        switch = Switch(cfg, args.config)
+
+        async def main_task() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(switch.run)
+                for host, port in switch.addresses:
+                    print(f"switchd: terminals on {host}:{port}", flush=True)
+                print(f"switchd: HSM at {switch.hsm_address}", flush=True)
+
+        try:
+            trio.run(main_task)
+        except ConfigError as exc:
+            print(f"switchd: bad configuration: {exc}", file=sys.stderr)
+            return 2
+        return 0
     return 2
 
 

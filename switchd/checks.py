@@ -1,0 +1,206 @@
+"""Participants every request shares: terminal, MAC, duplicates, card, limits, PIN."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import trio
+
+from fastpath.kinds import Kind
+from hsm.codec import HsmCommandError
+from hsm.pool import HsmUnavailable
+from switchd import codes, metrics
+from switchd.context import Txn, luhn_ok
+from switchd.keys import mak_from_store
+from switchd.ledger import card_account_id
+
+if TYPE_CHECKING:
+    from switchd.processor import Processor
+
+log = logging.getLogger("switchd.checks")
+
+#: The payment method the switch's card transactions belong to (ERP settings).
+BANKCARD = "bankcard"
+#: Kinds that need the payment method's "allow sale" / "allow refund" flag.
+SALE_LIKE = frozenset({Kind.SALE, Kind.PREAUTH, Kind.COMPLETION, Kind.COMPLETION_ADVICE})
+REFUND_LIKE = frozenset({Kind.REFUND})
+
+
+async def terminal(p: Processor, txn: Txn) -> None:
+    """The application (TPDU destination), then TID + MID: 97 / 03."""
+    msg = txn.msg
+    routing = p.cfg.routing
+    app = routing.applications.get(f"{msg.destination:04X}", routing.default_application)
+    if app != "bankcard":
+        txn.decline(codes.NOT_SUPPORTED)
+        return
+    tid, mid = msg.tid, msg.mid
+    if tid is None or mid is None:
+        txn.decline(codes.FORMAT_ERROR)
+        return
+    t = p.s.store.terminals.get(tid)
+    if t is None or not t.active:
+        txn.decline(codes.NOT_REGISTERED)
+        return
+    txn.terminal = t
+    m = p.s.store.merchants.get(mid)
+    if t.mid != mid or m is None or not m.active:
+        txn.decline(codes.INVALID_MERCHANT)
+        return
+    txn.merchant = m
+
+
+async def mac(p: Processor, txn: Txn) -> None:
+    """A signed-on session and a valid MAC, or A0 with 'sign on again'."""
+    assert txn.terminal is not None
+    session = await p.s.store.session(txn.terminal.tid)
+    if session is None:
+        txn.decline(codes.MAC_ERROR)
+        txn.processing = 3
+        return
+    key = p.macs.get(session.mak_kek)
+    if key is None:
+        key = p.macs[session.mak_kek] = mak_from_store(p.s.kek, session.mak_kek)
+    txn.session = session
+    if not txn.msg.verify_mac(key):
+        metrics.MAC_FAILURES.inc()
+        txn.decline(codes.MAC_ERROR)
+        txn.processing = 3
+        return
+    txn.mak = key
+
+
+async def duplicate(p: Processor, txn: Txn) -> None:
+    """Same TID + batch + STAN: the first answer again, or 94 if the request differs."""
+    assert txn.terminal is not None
+    key = (txn.terminal.tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
+    while (busy := p.in_progress.get(key)) is not None:
+        await busy.wait()  # the same request is being answered right now
+    entry = await p.s.journal.lookup(*key)
+    if entry is not None:
+        if entry.digest == txn.request_digest():
+            txn.replay = entry.response
+        else:
+            txn.decline(codes.DUPLICATE)
+        return
+    p.in_progress[key] = trio.Event()
+    txn.claimed = key
+
+
+async def card(p: Processor, txn: Txn) -> None:
+    """Issuer by BIN (15), Luhn (14), on file and active (14/05), not expired (54)."""
+    pan = txn.msg.card_number
+    if not pan:
+        txn.decline(codes.FORMAT_ERROR)
+        return
+    txn.pan = pan
+    issuer = p.s.issuer_for(pan)
+    if issuer is None:
+        txn.decline(codes.NO_SUCH_ISSUER)
+        return
+    if not luhn_ok(pan):
+        txn.decline(codes.INVALID_CARD)
+        return
+    if not issuer.on_us:
+        # No upstream network is configured: only on-us cards can be authorised.
+        txn.decline(codes.ISSUER_UNAVAILABLE)
+        return
+    c = p.s.store.cards.get(str(card_account_id(pan, p.s.pan_key)))
+    if c is None:
+        txn.decline(codes.INVALID_CARD)
+        return
+    txn.card = c
+    if c.status != "active":
+        txn.decline(codes.DO_NOT_HONOR)
+        return
+    expiry = txn.msg.expiry or _track_expiry(txn.msg.track2) or c.expiry
+    if _expired(expiry) or _expired(c.expiry):
+        txn.decline(codes.EXPIRED_CARD)
+
+
+def _track_expiry(track2: str | None) -> str | None:
+    if not track2 or "=" not in track2:
+        return None
+    exp = track2.split("=", 1)[1][:4]
+    return exp if len(exp) == 4 else None
+
+
+def _expired(yymm: str) -> bool:
+    if len(yymm) != 4 or not yymm.isdigit():
+        return True
+    return yymm < time.strftime("%y%m")
+
+
+async def permitted(p: Processor, txn: Txn) -> None:
+    """The merchant's permitted kinds (58) and payment method flags (40)."""
+    m = txn.merchant
+    assert m is not None
+    kind = (txn.orig_kind or txn.kind).name.lower()
+    if m.permitted and kind not in m.permitted:
+        txn.decline(codes.NOT_PERMITTED)
+        return
+    method = p.s.store.methods.get((m.mid, BANKCARD))
+    if method is None:
+        return
+    if (txn.kind in SALE_LIKE and not method.allow_sale) or (
+        txn.kind in REFUND_LIKE and not method.allow_refund
+    ):
+        txn.decline(codes.NOT_SUPPORTED)
+
+
+async def amount(p: Processor, txn: Txn) -> None:
+    """A positive amount (13) within the merchant's limits (61)."""
+    m = txn.merchant
+    assert m is not None
+    amt = txn.amount
+    limits = p.cfg.limits
+    if amt is None or amt <= 0:
+        txn.decline(codes.INVALID_AMOUNT)
+        return
+    low = m.min_amount if m.min_amount is not None else limits.min_amount
+    high = m.max_amount if m.max_amount is not None else limits.max_amount
+    if amt < low:
+        txn.decline(codes.INVALID_AMOUNT)
+    elif amt > high:
+        txn.decline(codes.AMOUNT_LIMIT)
+
+
+async def pin(p: Processor, txn: Txn) -> None:
+    """When F52 is present: the HSM checks it against the card's PVV (55 / 75)."""
+    block = txn.msg.pin_block
+    if block is None:
+        return
+    c, session, pan = txn.card, txn.session, txn.pan
+    assert c is not None and session is not None and pan is not None
+    tries = p.cfg.security.pin_tries
+    if c.pin_failures >= tries:
+        txn.decline(codes.PIN_TRIES_EXCEEDED)
+        return
+    pvk = p.s.store.issuer_keys.get(c.bin)
+    if pvk is None:
+        log.error("no PVK for BIN %s", c.bin)
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return
+    try:
+        ok = await p.s.hsm.verify_pin_pvv(
+            session.pik_lmk, pvk, block.hex().upper(), pan[-13:-1], str(c.pvki), c.pvv
+        )
+    except HsmCommandError as exc:
+        # 20/23/24: the block does not decrypt to a PIN block under this PIK.
+        log.warning("PIN verification refused by the HSM: error %s", exc.code)
+        txn.decline(codes.PIN_FORMAT)
+        txn.processing = 3
+        return
+    except HsmUnavailable:
+        log.error("no HSM available for PIN verification")
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return
+    if ok:
+        if c.pin_failures:
+            txn.card = await p.s.store.set_pin_failures(c, 0)
+        return
+    failures = c.pin_failures + 1
+    txn.card = await p.s.store.set_pin_failures(c, failures)
+    txn.decline(codes.PIN_TRIES_EXCEEDED if failures >= tries else codes.WRONG_PIN)

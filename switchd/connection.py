@@ -1,0 +1,119 @@
+"""One terminal connection: read frames, answer each in order, coalesce writes.
+
+A connection is one task. It reads what the socket has, splits it into
+frames, processes up to ``max_inflight_frames`` of them one after the other
+(a terminal expects answers in request order) and sends all their answers
+in one write. Frames beyond the cap stay in the splitter and are processed
+before the next read, so a client that pipelines a flood is slowed to the
+pace of its answers instead of growing our buffers.
+
+Timeouts: a connection with no partial frame buffered may stay idle for
+``idle_timeout_s``; one that has started a frame must finish it within
+``frame_timeout_s`` (a stalled or slowloris client cannot pin memory); a
+write must complete within ``WRITE_TIMEOUT_S`` (a client that stops reading
+is dropped rather than blocking its task forever).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from fastpath.errors import FrameError
+from fastpath.framing import FrameSplitter
+from switchd import metrics
+from switchd.listener import Listeners
+
+log = logging.getLogger("switchd.connection")
+
+#: Longest a response write may take before the peer is deemed gone.
+WRITE_TIMEOUT_S = 10.0
+#: Bytes asked of the kernel per read: dozens of frames, bounded memory.
+READ_SIZE = 65536
+
+FrameHandler = Callable[[bytes], Awaitable[bytes | None]]
+
+
+def connection_handler(
+    handle_frame: FrameHandler,
+) -> Callable[[trio.SocketStream, Listeners], Awaitable[None]]:
+    """A Listeners handler that runs ``handle_frame`` on each frame body."""
+
+    async def serve(stream: trio.SocketStream, owner: Listeners) -> None:
+        cfg = owner.cfg.terminals
+        splitter = FrameSplitter(max_length=cfg.max_frame)
+        out = bytearray()
+        peer = _peer(stream)
+        while not owner.draining:
+            # Wait for data (cancellable by drain while no frame is in progress).
+            timeout = cfg.frame_timeout_s if len(splitter) else cfg.idle_timeout_s
+            with trio.CancelScope() as idle:
+                idle.deadline = trio.current_time() + timeout
+                owner.idle_scopes.add(idle)
+                try:
+                    data = await stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                finally:
+                    owner.idle_scopes.discard(idle)
+            if idle.cancelled_caught:
+                if not owner.draining:
+                    reason = "stalled mid-frame" if len(splitter) else "idle"
+                    metrics.FRAMES_REJECTED.labels("timeout" if len(splitter) else "idle").inc()
+                    log.info("closing connection from %s: %s", peer, reason)
+                return
+            if not data:
+                return
+            splitter.feed(data)
+            while True:
+                try:
+                    batch = _take(splitter, cfg.max_inflight_frames)
+                except FrameError as exc:
+                    metrics.FRAMES_REJECTED.labels("length").inc()
+                    log.warning("closing connection from %s: %s", peer, exc)
+                    await _flush(stream, out)
+                    return
+                if not batch:
+                    break
+                for body in batch:
+                    answer = await handle_frame(body)
+                    if answer:
+                        out += answer
+                if not await _flush(stream, out):
+                    return
+
+    return serve
+
+
+def _take(splitter: FrameSplitter, n: int) -> list[bytes]:
+    batch = []
+    while len(batch) < n:
+        body = splitter.next_frame()
+        if body is None:
+            break
+        batch.append(body)
+    return batch
+
+
+async def _flush(stream: trio.SocketStream, out: bytearray) -> bool:
+    """Send what is buffered in one write; False when the peer is gone."""
+    if not out:
+        return True
+    data = bytes(out)
+    out.clear()
+    with trio.move_on_after(WRITE_TIMEOUT_S) as scope:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+    return not scope.cancelled_caught
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"

@@ -1,0 +1,179 @@
+"""The switch process: wire the parts together, serve, and shut down cleanly.
+
+Start-up order: the switch database (migrations), the HSM (embedded software
+HSM or a pool to external ones), the ledger (migrations, writer), the demo
+data on first start, the reference data, then the listeners, last, so that
+no terminal is accepted before everything it needs is up.
+
+Signals: SIGTERM/SIGINT drain (stop accepting, finish every transaction in
+flight and answer it, flush the journal and the ledger, exit 0); SIGHUP
+reloads the configuration file's routing table, issuers, limits and
+parameters, and the reference data, without dropping a connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import msgspec
+import trio
+
+from hsm.client import open_hsm_client
+from hsm.lmk import load_lmk
+from hsm.server import serve_hsm
+from hsm.testing import key_under_lmk
+from switchd import config as config_mod
+from switchd import demo, store
+from switchd.config import Config, ConfigError, kek_bytes
+from switchd.connection import connection_handler
+from switchd.db import Database, PostgresDatabase, SqliteDatabase
+from switchd.journal import Journal
+from switchd.ledger import LedgerConfig, PostgresConfig, SqliteConfig, open_ledger
+from switchd.listener import Listeners
+from switchd.processor import Processor
+from switchd.services import Services
+
+log = logging.getLogger("switchd")
+
+
+def ledger_config(cfg: Config) -> LedgerConfig:
+    return LedgerConfig(
+        backend=cfg.ledger.backend,
+        data_dir=cfg.data_dir,
+        sqlite=SqliteConfig(path=cfg.ledger.sqlite_path),
+        postgres=PostgresConfig(
+            dsn=cfg.ledger.postgres_dsn,
+            schema=cfg.ledger.postgres_schema,
+            pool_max=cfg.ledger.pool_size,
+        ),
+    )
+
+
+def open_database(cfg: Config) -> Database:
+    if cfg.ledger.backend == "postgres":
+        return PostgresDatabase(
+            cfg.ledger.postgres_dsn, cfg.ledger.postgres_schema + "_switch", cfg.ledger.pool_size
+        )
+    return SqliteDatabase(Path(cfg.data_dir) / "switch.sqlite")
+
+
+class Switch:
+    """A running switch; ``addresses`` are the terminal listeners' (host, port)."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.addresses: list[tuple[str, int]] = []
+        self.hsm_address: str = ""
+        self.listeners: Listeners | None = None
+        self.services: Services | None = None
+        self.processor: Processor | None = None
+        self._stopped = trio.Event()
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown (what SIGTERM does)."""
+        if self.listeners is not None:
+            self.listeners.drain()
+        self._stopped.set()
+
+    def reload(self) -> None:
+        """What SIGHUP does: re-read the configuration's reloadable parts."""
+        if self.config_path is None or self.services is None:
+            return
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        # Listeners, HSM and ledger are fixed for the process's life; the rest may change.
+        cfg = msgspec.structs.replace(
+            self.cfg, routing=new.routing, issuers=new.issuers, limits=new.limits,
+            parameters=new.parameters, transactions=new.transactions,
+        )  # fmt: skip
+        self.cfg = cfg
+        self.services.cfg = cfg
+        self.services.reload_issuers()
+        assert self.processor is not None and self.listeners is not None
+        self.processor.cfg = cfg
+        self.listeners.cfg = msgspec.structs.replace(self.listeners.cfg, terminals=new.terminals)
+        self.services.store.version = -1  # reload reference data on the next poll
+        log.info("configuration reloaded from %s", self.config_path)
+
+    async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED
+                  ) -> None:  # fmt: skip
+        cfg = self.cfg
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
+        db = open_database(cfg)
+        try:
+            await store.migrate(db)
+            async with trio.open_nursery() as outer:
+                lmk = None
+                if cfg.hsm.embedded:
+                    lmk = load_lmk(cfg.hsm.lmk)
+                    port = await outer.start(serve_hsm, lmk, "127.0.0.1", 0, cfg.hsm.header_len)
+                    addresses = [f"127.0.0.1:{port}"]
+                else:
+                    addresses = list(cfg.hsm.addresses)
+                self.hsm_address = ",".join(addresses)
+                async with open_hsm_client(
+                    addresses, pool_size=cfg.hsm.pool_size, timeout=cfg.hsm.timeout_s,
+                    header_len=cfg.hsm.header_len,
+                ) as hsm, open_ledger(ledger_config(cfg)) as ledger:  # fmt: skip
+                    await self._serve(cfg, db, hsm, ledger, lmk, task_status)
+                outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await db.aclose()
+
+    async def _serve(self, cfg, db, hsm, ledger, lmk, task_status) -> None:  # type: ignore[no-untyped-def]
+        kek = kek_bytes(cfg)
+        pan_key = cfg.security.pan_key.encode()
+        if cfg.security.kek_lmk:
+            kek_zmk_lmk = cfg.security.kek_lmk
+        elif lmk is not None:
+            # Embedded HSM only: the KEK's ZMK form is computed from the LMK in
+            # this process. An external HSM's operator sets security.kek_lmk.
+            kek_zmk_lmk = key_under_lmk(lmk, "000", kek)
+        else:
+            raise ConfigError("security.kek_lmk is needed with an external HSM - at `$.security`")
+        st = store.Store(db)
+        if cfg.demo.enabled:
+            tmk_lmk = cfg.demo.tmk_lmk or (
+                key_under_lmk(lmk, "002", demo.DEMO_TMK) if lmk is not None else ""
+            )
+            if not tmk_lmk:
+                raise ConfigError("demo.tmk_lmk is needed with an external HSM - at `$.demo`")
+            await demo.ensure(cfg, st, ledger, hsm, tmk_lmk, pan_key)
+        await st.load()
+        journal = Journal(db)
+        self.services = Services(
+            cfg=cfg, store=st, journal=journal, ledger=ledger, hsm=hsm, kek=kek,
+            kek_zmk_lmk=kek_zmk_lmk, pan_key=pan_key,
+        )  # fmt: skip
+        self.processor = Processor(self.services)
+        self.listeners = Listeners(cfg, connection_handler(self.processor.handle))
+        async with trio.open_nursery() as background:
+            background.start_soon(journal.run)
+            background.start_soon(st.watch)
+            background.start_soon(self._signals)
+            async with trio.open_nursery() as serving:
+                self.addresses = await serving.start(self.listeners.serve)
+                log.info("terminal listeners on %s",
+                         ", ".join(f"{h}:{p}" for h, p in self.addresses))  # fmt: skip
+                task_status.started(self)
+            # Drained: every connection has answered and closed.
+            with trio.move_on_after(30):
+                await journal.flush()
+            background.cancel_scope.cancel()
+        log.info("switch stopped cleanly")
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.reload()
+                else:
+                    log.info("signal %s: draining", signal.Signals(signum).name)
+                    self.stop()

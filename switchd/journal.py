@@ -1,0 +1,168 @@
+"""The transaction journal: every answered request, for duplicates, voids and reports.
+
+Duplicate detection needs the answers of the terminal's open batch at hand
+on every request, so they are kept in memory per (terminal, batch), loaded
+from the database the first time that batch is touched after a start, and
+dropped when the batch settles.
+
+Writes go through one writer task with group commit, like the ledger's:
+``record`` never waits for the disk. That is safe because the journal is not
+what keeps money right: the ledger is, with its idempotent transfer ids. A
+journal row lost in a crash only means a retried request is processed again
+and the ledger answers it as the duplicate it is, with the same RRN and
+outcome.
+
+Error handling: a failed write is logged and retried with backoff; rows stay
+queued, up to ``MAX_QUEUED``; past that the oldest queued rows are dropped
+with an error log (memory is bounded; as said, no money depends on them).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+import trio
+
+from switchd.db import Cursor, Database
+
+log = logging.getLogger("switchd.journal")
+
+MAX_QUEUED = 100_000
+RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+Key = tuple[str, int, int, bool]  # (tid, batch, stan, is_reversal)
+
+
+class Entry(msgspec.Struct):
+    tid: str
+    batch: int
+    stan: int
+    reversal: bool
+    kind: str
+    mid: str
+    digest: str  # of the request's MAB: tells a retransmission from a reused STAN
+    rc: str
+    amount: int | None
+    masked_pan: str
+    rrn: str
+    auth_code: str
+    orig_batch: int | None
+    orig_stan: int | None
+    response: bytes  # the ISO response without its MAC (re-signed when replayed)
+    created_at: int
+
+    @property
+    def key(self) -> Key:
+        return (self.tid, self.batch, self.stan, self.reversal)
+
+
+_COLUMNS = (
+    "tid, batch, stan, reversal, kind, mid, digest, rc, amount, masked_pan, rrn, auth_code,"
+    " orig_batch, orig_stan, response, created_at"
+)
+
+
+def _row(e: Entry) -> tuple:
+    return (
+        e.tid, e.batch, e.stan, int(e.reversal), e.kind, e.mid, e.digest, e.rc, e.amount,
+        e.masked_pan, e.rrn, e.auth_code, e.orig_batch, e.orig_stan, e.response.hex(),
+        e.created_at,
+    )  # fmt: skip
+
+
+def _entry(r: tuple) -> Entry:
+    return Entry(
+        r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+        r[13], bytes.fromhex(r[14]), r[15],
+    )  # fmt: skip
+
+
+class Journal:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.entries: dict[Key, Entry] = {}
+        self._loaded: set[tuple[str, int]] = set()
+        self._queue: list[Entry] = []
+        self._wake = trio.Event()
+        self._idle = trio.Event()
+        self._idle.set()
+        self.written = 0
+        self.dropped = 0
+
+    async def _load_batch(self, tid: str, batch: int) -> None:
+        rows = await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM journal WHERE tid = ? AND batch = ?", (tid, batch)
+        )
+        self._loaded.add((tid, batch))
+        for r in rows:
+            e = _entry(r)
+            self.entries.setdefault(e.key, e)
+
+    async def lookup(self, tid: str, batch: int, stan: int, reversal: bool) -> Entry | None:
+        if (tid, batch) not in self._loaded:
+            await self._load_batch(tid, batch)
+        return self.entries.get((tid, batch, stan, reversal))
+
+    def record(self, e: Entry) -> None:
+        """Keep the answer for duplicates now; the writer stores it soon after."""
+        self.entries[e.key] = e
+        if len(self._queue) >= MAX_QUEUED:
+            # The database has been failing for a long while. Shed the oldest
+            # row rather than memory: the ledger, not the journal, holds the money.
+            self._queue.pop(0)
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.error("journal queue full: %d rows dropped so far", self.dropped)
+        self._queue.append(e)
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._wake.set()
+
+    def forget_batch(self, tid: str, batch: int) -> None:
+        """The batch has settled: its answers are no longer needed in memory."""
+        self._loaded.discard((tid, batch))
+        for key in [k for k in self.entries if k[0] == tid and k[1] == batch]:
+            del self.entries[key]
+
+    async def by_rrn(self, rrn: str) -> list[Entry]:
+        rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM journal WHERE rrn = ?", (rrn,))
+        return [_entry(r) for r in rows]
+
+    async def run(self) -> None:
+        """The writer: one transaction for everything queued since the last one."""
+        attempt = 0
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            batch = self._queue
+            self._queue = []
+            rows = [_row(e) for e in batch]
+
+            def write(c: Cursor, rows: list[tuple] = rows) -> None:
+                marks = ",".join("?" * 16)
+                c.executemany(
+                    f"INSERT INTO journal ({_COLUMNS}) VALUES ({marks})"
+                    " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING",
+                    rows,
+                )
+
+            try:
+                await self.db.run(write)
+                self.written += len(rows)
+                attempt = 0
+            except Exception as exc:
+                # Keep the rows (in order, ahead of newer ones) and try again.
+                self._queue = batch + self._queue
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                attempt += 1
+                log.error("journal write of %d rows failed (%s); retrying in %.1fs",
+                          len(rows), exc, delay)  # fmt: skip
+                await trio.sleep(delay)
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is written."""
+        await self._idle.wait()

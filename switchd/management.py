@@ -1,0 +1,145 @@
+"""Participants of management messages: sign-on/off, echo, settlement, upload, parameters."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+
+from hsm.codec import HsmCommandError
+from hsm.pool import HsmUnavailable
+from switchd import codes
+from switchd.context import Txn
+from switchd.keys import sign_on_keys
+from switchd.ledger import CloseBatch, LedgerError
+from switchd.store import Session, now_us
+
+if TYPE_CHECKING:
+    from switchd.processor import Processor
+
+log = logging.getLogger("switchd.management")
+
+
+async def sign_on(p: Processor, txn: Txn) -> None:
+    """Fresh working keys under the TMK in F62, the open batch in 60.2."""
+    t = txn.terminal
+    assert t is not None
+    netcode = txn.msg.network_code or "003"
+    try:
+        keys = await sign_on_keys(p.s.hsm, t.tmk_lmk, p.s.kek_zmk_lmk, p.s.kek, netcode)
+    except (HsmCommandError, HsmUnavailable, KeyError) as exc:
+        log.error("sign-on of %s failed at the HSM: %s", t.tid, exc)
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return
+    old = p.s.store.sessions.get(t.tid)
+    if old is not None:
+        p.macs.pop(old.mak_kek, None)
+    await p.s.store.save_session(
+        Session(t.tid, keys.pik_lmk, keys.mak_kek, keys.tdk_lmk, netcode, now_us())
+    )
+    batch = await p.s.ledger.current_batch(t.tid)
+    txn.mak = keys.mak
+    txn.fields[62] = keys.field62
+    txn.fields[60] = f"00{batch:06d}{netcode}"
+    txn.fields[37] = p.rrn(txn)
+
+
+async def sign_off(p: Processor, txn: Txn) -> None:
+    assert txn.terminal is not None
+    # Answer under the session key, then forget it: the next request needs a sign-on.
+    await p.s.store.drop_session(txn.terminal.tid)
+
+
+async def echo(p: Processor, txn: Txn) -> None:
+    return None
+
+
+def _totals_field(debit: int, dcount: int, credit: int, ccount: int, code: int) -> str:
+    return f"{debit:012d}{dcount:03d}{credit:012d}{ccount:03d}{code}"
+
+
+async def settlement(p: Processor, txn: Txn) -> None:
+    """Compare the 0500's totals with the ledger's, answer 1 or 2, close the batch."""
+    assert txn.terminal is not None
+    tid = txn.terminal.tid
+    try:
+        theirs = txn.msg.settlement_totals()
+    except Exception:
+        txn.decline(codes.FORMAT_ERROR)
+        return
+    ours = await p.s.ledger.settlement_totals(tid, txn.batch)
+    balanced = (
+        theirs.debit_amount == ours.debit_amount
+        and theirs.debit_count == ours.debit_count
+        and theirs.credit_amount == ours.credit_amount
+        and theirs.credit_count == ours.credit_count
+        # no foreign cards are acquired here: their totals must be zero
+        and not (theirs.foreign_debit_count or theirs.foreign_credit_count)
+    )
+    code = 1 if balanced else 2
+    txn.fields[48] = _totals_field(
+        theirs.debit_amount, theirs.debit_count, theirs.credit_amount, theirs.credit_count, code
+    ) + _totals_field(
+        theirs.foreign_debit_amount or 0, theirs.foreign_debit_count or 0,
+        theirs.foreign_credit_amount or 0, theirs.foreign_credit_count or 0, code,
+    )  # fmt: skip
+    try:
+        result = await p.s.ledger.execute(CloseBatch(tid, txn.batch))
+    except LedgerError as exc:
+        log.error("closing batch %d of %s failed: %s", txn.batch, tid, exc)
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return
+    if not result.ok:
+        log.warning("settlement of %s names batch %d; the open batch is %s",
+                    tid, txn.batch, result.value)  # fmt: skip
+    await p.s.store.db.execute(
+        "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
+        " balanced = excluded.balanced, terminal_totals = excluded.terminal_totals,"
+        " host_totals = excluded.host_totals, created_at = excluded.created_at",
+        (
+            tid, txn.batch, txn.terminal.mid, int(balanced),
+            orjson.dumps([theirs.debit_amount, theirs.debit_count, theirs.credit_amount,
+                          theirs.credit_count]).decode(),
+            orjson.dumps([ours.debit_amount, ours.debit_count, ours.credit_amount,
+                          ours.credit_count]).decode(),
+            now_us(),
+        ),
+    )  # fmt: skip
+    log.info(
+        "settlement",
+        extra={"fields": {"event": "settlement", "tid": tid, "batch": txn.batch,
+                          "balanced": balanced}},
+    )  # fmt: skip
+
+
+async def batch_upload(p: Processor, txn: Txn) -> None:
+    """0320: keep each record; on the last one (207/202) reconcile with the journal."""
+    assert txn.terminal is not None
+    msg = txn.msg
+    netcode = msg.network_code or ""
+    records = msg.get(48) or ""
+    await p.s.store.db.execute(
+        "INSERT INTO batch_uploads (tid, batch, stan, netcode, records, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch, stan) DO NOTHING",
+        (txn.terminal.tid, txn.batch, txn.stan, netcode, records, now_us()),
+    )
+    if netcode in ("202", "207"):
+        rows = await p.s.store.db.fetchall(
+            "SELECT COUNT(*) FROM batch_uploads WHERE tid = ? AND batch = ?",
+            (txn.terminal.tid, txn.batch),
+        )
+        log.info(
+            "batch upload complete",
+            extra={"fields": {"event": "batch_upload", "tid": txn.terminal.tid,
+                              "batch": txn.batch, "messages": rows[0][0]}},
+        )  # fmt: skip
+
+
+async def parameter_download(p: Processor, txn: Txn) -> None:
+    """0800 / 360: the configured parameters in F62 as tag(2) + length(2) + value, ASCII."""
+    out = "".join(
+        f"{tag[:2]:0>2}{len(value):02d}{value}" for tag, value in p.cfg.parameters.values.items()
+    )
+    txn.fields[62] = out.encode()[:512]

@@ -1,0 +1,29 @@
+"""The switch's Prometheus metrics (names by Prometheus conventions; no TID or PAN labels)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("switchd_terminal_connections", "Terminal connections open now.")
+CONNECTIONS_ACCEPTED = Counter(
+    "switchd_terminal_connections_accepted", "Terminal connections accepted."
+)
+CONNECTIONS_REFUSED = Counter(
+    "switchd_terminal_connections_refused", "Terminal connections refused (over the maximum)."
+)
+FRAMES_REJECTED = Counter(
+    "switchd_frames_rejected", "Frames that could not be processed, by reason.", ["reason"]
+)
+MAC_FAILURES = Counter("switchd_mac_failures", "Requests whose MAC did not verify.")
+TRANSACTIONS = Counter(
+    "switchd_transactions",
+    "Answered requests by kind and response code.",
+    ["kind", "response_code"],
+)
+TRANSACTION_SECONDS = Histogram(
+    "switchd_transaction_duration_seconds",
+    "Time from a whole frame received to its answer encoded, by kind.",
+    ["kind"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+IN_FLIGHT = Gauge("switchd_transactions_in_flight", "Requests being processed now.")

@@ -1,0 +1,246 @@
+"""Participants that read or move money: the last step of each financial flow.
+
+Every posting goes to the ledger as one linked group (all legs or none), with
+transfer ids derived from TID + batch + STAN + kind, so a retried request
+can never post twice. The ledger call is shielded from the transaction's
+deadline: once operations are submitted the switch waits for the ledger's
+verdict, because abandoning the wait would not stop the commit. If the
+verdict comes after the deadline, what was posted is undone at once and the
+terminal is answered 98: late money is never left half-posted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from fastpath.kinds import Kind
+from switchd import codes
+from switchd.context import Txn, mask_pan
+from switchd.ledger import (
+    LedgerError,
+    Op,
+    ResultCode,
+    card_account_id,
+    fee_account_id,
+    flows,
+    merchant_account_id,
+)
+from switchd.ledger.model import TransferRecord
+
+if TYPE_CHECKING:
+    from switchd.processor import Processor
+
+log = logging.getLogger("switchd.money")
+
+#: Wire kind names the ledger files transfers under (its settlement counts them).
+LEDGER_KIND = {
+    Kind.SALE: "sale",
+    Kind.VOID: "void",
+    Kind.REFUND: "refund",
+    Kind.PREAUTH: "preauth",
+    Kind.PREAUTH_CANCEL: "preauth_cancel",
+    Kind.COMPLETION: "completion",
+    Kind.COMPLETION_ADVICE: "completion",
+    Kind.COMPLETION_VOID: "completion_void",
+    Kind.REVERSAL: "reversal",
+}
+
+
+def _request(p: Processor, txn: Txn, batch: int | None = None, stan: int | None = None
+             ) -> flows.Request:  # fmt: skip
+    assert txn.terminal is not None
+    return flows.Request(
+        txn.terminal.tid, txn.terminal.mid, txn.batch if batch is None else batch,
+        txn.stan if stan is None else stan, rrn=p.rrn(txn), masked_pan=mask_pan(txn.pan),
+    )  # fmt: skip
+
+
+def _card_account(p: Processor, txn: Txn) -> int:
+    assert txn.pan is not None
+    return card_account_id(txn.pan, p.s.pan_key)
+
+
+def _fee(txn: Txn, amount: int) -> int:
+    assert txn.merchant is not None
+    return flows.fee_amount(amount, txn.merchant.fee_bp)
+
+
+async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
+    """Submit one linked group; set the response code; True when it posted."""
+    if not ops:
+        return True
+    deadline = trio.current_effective_deadline()
+    with trio.CancelScope(shield=True):
+        try:
+            results = await p.s.ledger.submit_linked(ops)
+        except LedgerError as exc:
+            log.error("ledger commit failed: %s", exc)
+            txn.decline(codes.SYSTEM_MALFUNCTION)
+            return False
+        failed = [r for r in results if not r.ok and r.code is not ResultCode.LINKED_EVENT_FAILED]
+        if failed:
+            txn.decline(codes.from_ledger(failed[0].code))
+            return False
+        if trio.current_time() > deadline:
+            # Too late for the terminal: undo what was posted, answer 98.
+            await _compensate(p, txn, ops)
+            txn.decline(codes.ISSUER_TIMEOUT)
+            return False
+    return True
+
+
+async def _compensate(p: Processor, txn: Txn, ops: list[Op]) -> None:
+    req = _request(p, txn)
+    records = [r for r in [await p.s.ledger.transfer(op.id) for op in ops] if r is not None]
+    # Filed as the terminal's own reversal would be: if the terminal sends its
+    # 0400 after all, the ledger sees the same ids and answers a duplicate.
+    undo = flows.undo(req, "reversal", records)
+    try:
+        results = await p.s.ledger.submit_linked(undo)
+    except LedgerError as exc:
+        log.critical("could not undo a late posting (%s): reverse TID %s STAN %s by hand",
+                     exc, req.terminal_id, req.stan)  # fmt: skip
+        return
+    if not all(r.ok for r in results):
+        log.critical("undo of a late posting refused: %s", [r.code for r in results])
+
+
+async def balance(p: Processor, txn: Txn) -> None:
+    account = await p.s.ledger.account(_card_account(p, txn))
+    if account is None:
+        txn.decline(codes.INVALID_CARD)
+        return
+    avail = account.available
+    sign = "C" if avail >= 0 else "D"
+    txn.fields[54] = f"1002{p.cfg.transactions.currency}{sign}{abs(avail):012d}"
+
+
+async def sale(p: Processor, txn: Txn) -> None:
+    assert txn.amount is not None
+    ops = flows.sale(
+        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
+        fee_account_id(p.cfg.transactions.currency), txn.amount, _fee(txn, txn.amount),
+    )  # fmt: skip
+    await _post(p, txn, ops)
+
+
+async def preauth(p: Processor, txn: Txn) -> None:
+    assert txn.amount is not None
+    tolerance = txn.amount * p.cfg.transactions.completion_tolerance_pct // 100
+    ops = flows.preauth(
+        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
+        txn.amount, p.cfg.transactions.preauth_expiry_s, tolerance,
+    )  # fmt: skip
+    await _post(p, txn, ops)
+
+
+async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch: bool
+                    ) -> list[TransferRecord] | None:  # fmt: skip
+    """The approved original a void, refund, cancel or completion names in F61 (25 if none)."""
+    msg = txn.msg
+    assert txn.terminal is not None
+    ob, os_ = msg.original_batch, msg.original_stan
+    if ob is None or os_ is None:
+        txn.decline(codes.FORMAT_ERROR)
+        return None
+    batch, stan = int(ob), int(os_)
+    if same_batch and batch != txn.batch:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    entry = await p.s.journal.lookup(txn.terminal.tid, batch, stan, False)
+    names = {k.name.lower() for k in kinds}
+    if entry is None or entry.rc != codes.APPROVED or entry.kind not in names:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    if msg.rrn and entry.rrn and msg.rrn != entry.rrn:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    if msg.auth_code and entry.auth_code and msg.auth_code.strip() != entry.auth_code:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    kind = LEDGER_KIND[next(k for k in kinds if k.name.lower() == entry.kind)]
+    records = await p.s.ledger.request_transfers(txn.terminal.tid, batch, stan, kind)
+    if not records:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    return records
+
+
+async def void(p: Processor, txn: Txn) -> None:
+    """Sale void (same batch, same amount): reverse every leg of the sale once."""
+    records = await _original(p, txn, (Kind.SALE,), same_batch=True)
+    if records is None:
+        return
+    if txn.amount != records[0].amount:
+        txn.decline(codes.AMOUNT_DIFFERS)
+        return
+    await _post(p, txn, flows.undo(_request(p, txn), "void", records))
+
+
+async def completion_void(p: Processor, txn: Txn) -> None:
+    records = await _original(p, txn, (Kind.COMPLETION,), same_batch=True)
+    if records is None:
+        return
+    if txn.amount != records[0].amount:
+        txn.decline(codes.AMOUNT_DIFFERS)
+        return
+    await _post(p, txn, flows.undo(_request(p, txn), "completion_void", records))
+
+
+async def refund(p: Processor, txn: Txn) -> None:
+    """Partial refunds of a sale or completion, up to its amount in total (any batch)."""
+    records = await _original(p, txn, (Kind.SALE, Kind.COMPLETION), same_batch=False)
+    if records is None:
+        return
+    assert txn.amount is not None
+    leg0 = records[0]
+    ops = flows.refund(
+        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
+        leg0.id, txn.amount,
+    )  # fmt: skip
+    await _post(p, txn, ops)
+
+
+async def preauth_cancel(p: Processor, txn: Txn) -> None:
+    records = await _original(p, txn, (Kind.PREAUTH,), same_batch=False)
+    if records is None:
+        return
+    if txn.amount is not None and txn.amount != records[0].amount:
+        txn.decline(codes.AMOUNT_DIFFERS)
+        return
+    await _post(p, txn, flows.preauth_cancel(_request(p, txn), records[0].id))
+
+
+async def completion(p: Processor, txn: Txn) -> None:
+    """Online completion or offline advice: post the hold, up to amount + tolerance."""
+    records = await _original(p, txn, (Kind.PREAUTH,), same_batch=False)
+    if records is None:
+        return
+    assert txn.amount is not None
+    ops = flows.completion(
+        _request(p, txn), records[0].id, txn.amount, merchant_account_id(txn.terminal.mid),
+        fee_account_id(p.cfg.transactions.currency), _fee(txn, txn.amount),
+    )  # fmt: skip
+    await _post(p, txn, ops)
+
+
+async def reversal(p: Processor, txn: Txn) -> None:
+    """0400: undo the original exactly once; 00 whether or not it ever arrived."""
+    assert txn.terminal is not None and txn.orig_kind is not None
+    kind = LEDGER_KIND[txn.orig_kind]
+    records = await p.s.ledger.request_transfers(txn.terminal.tid, txn.batch, txn.stan, kind)
+    req = _request(p, txn)
+    if records:
+        ops = flows.undo(req, "reversal", records)
+    else:
+        # The original never reached us (or not yet): a tombstone makes the
+        # ledger refuse it if it arrives after its reversal.
+        ops = flows.undo_missing(req, "reversal", req.id(kind, 0))
+    posted = await _post(p, txn, ops)
+    if not posted and txn.rc in (codes.INVALID_TRANSACTION, codes.ORIGINAL_NOT_FOUND):
+        # Already undone (by a void, a timeout or an earlier reversal), or
+        # nothing to undo: the terminal is told it is done, which it is.
+        txn.rc = None
