@@ -61,24 +61,27 @@ def cc(ctx: HsmContext, r: Reader) -> bytes:
     return _translate(ctx, r, ZPK)
 
 
-def _pvk(ctx: HsmContext, r: Reader) -> bytes:
-    """A PVK pair: U+32H, or 32H = PVK-A and PVK-B each 16H under LMK 14-15."""
+def _pvk(ctx: HsmContext, r: Reader, parity_error: str) -> bytes:
+    """A PVK pair: U+32H, or 32H = PVK-A and PVK-B each 16H under LMK 14-15.
+
+    Its parity error is 11 in DC/EC (the PVK is the second key) and 10 in DG.
+    """
     first = r.peek()
     if first == ord("U"):
-        return ctx.key_under_lmk(PVK, r.key(), errors.DEST_KEY_PARITY)
+        return ctx.key_under_lmk(PVK, r.key(), parity_error)
     if first in (ord("T"), ord("Z")):
         raise HsmError(errors.INCOMPATIBLE_KEY_LENGTH, "PVK must be double length")
     left = r.hex(16)
     right = r.hex(16)
     pvk = ctx.lmk.decrypt_key(PVK, left) + ctx.lmk.decrypt_key(PVK, right)
     if not has_odd_parity(pvk):
-        raise HsmError(errors.DEST_KEY_PARITY, "PVK parity")
+        raise HsmError(parity_error, "PVK parity")
     return pvk
 
 
 def _verify(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
     key = ctx.key_under_lmk(source, r.key(), errors.SOURCE_KEY_PARITY)
-    pvk = _pvk(ctx, r)
+    pvk = _pvk(ctx, r, errors.DEST_KEY_PARITY)
     block, fmt, account = _pin_fields(r)
     pvki = r.digits(1)
     pvv = r.digits(4)
@@ -97,7 +100,7 @@ def ec(ctx: HsmContext, r: Reader) -> bytes:
 def dg(ctx: HsmContext, r: Reader) -> bytes:
     # The PIN under LMK has no length field: it is what is left before the
     # account (12N) and PVKI (1N).
-    pvk = _pvk(ctx, r)
+    pvk = _pvk(ctx, r, errors.SOURCE_KEY_PARITY)
     pin_len = r.rest_before_trailer() - 13
     if pin_len < 1:
         raise HsmError(errors.INVALID_INPUT, "message too short")

@@ -213,3 +213,24 @@ async def test_many_concurrent_connections(raw_client: Connect) -> None:
     async with trio.open_nursery() as n:
         for i in range(100):
             n.start_soon(one, i)
+
+
+async def test_pvk_parity_and_length_errors(raw_client: Connect, lmk: LmkSet) -> None:
+    tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+    zpk = key_under_lmk(lmk, "001", bytes.fromhex("89ABCDEF01234567FEDCBA9876543210"))
+    block = pin_block(lmk, "002", tpk, "1234", "123456789012").encode()
+    tail = block + b"01" + b"123456789012" + b"1" + b"1234"
+    c = await raw_client()
+    # A ZPK given as the PVK: parity error 11 in DC (second key), 10 in DG.
+    assert await c.ask(b"0000DC" + tpk.encode() + zpk.encode() + tail) == b"0000DD11"
+    assert await c.ask(b"0000DG" + zpk.encode() + b"12345" + b"123456789012" + b"1") == b"0000DH10"
+    single = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEF"))
+    assert await c.ask(b"0000DC" + tpk.encode() + b"Z" + single.encode() + tail) == b"0000DD27"
+    # The untagged form: PVK-A and PVK-B, each 16H under LMK 14-15.
+    pvk_a = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEF"))
+    pvk_b = key_under_lmk(lmk, "002", bytes.fromhex("FEDCBA9876543210"))
+    from hsm.pinblock import visa_pvv
+
+    good = visa_pvv(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "123456789012", "1", "1234")
+    request = b"0000DC" + tpk.encode() + (pvk_a + pvk_b).encode() + block + b"01123456789012"
+    assert await c.ask(request + b"1" + good.encode()) == b"0000DD00"
