@@ -89,8 +89,10 @@ class Terminal:
         if key_check_value(mak, 4) != f62[at : at + 4]:
             raise TerminalError("MAK check value mismatch")
         self.pik, self.mak = pik, DesKey(mak)
-        if resp.mac_ok is not None and not resp.msg.verify_mac(self.mak):
-            raise TerminalError("sign-on answer MAC does not verify under the new MAK")
+        if 64 in resp.msg:
+            resp.mac_ok = resp.msg.verify_mac(self.mak)
+            if not resp.mac_ok:
+                raise TerminalError("sign-on answer MAC does not verify under the new MAK")
         self.batch = resp.msg.batch or self.batch
 
     # -- transactions -----------------------------------------------------

@@ -90,7 +90,7 @@ class Security(Base):
 class Limits(Base):
     """Defaults for merchants that have no limit of their own (minor units)."""
 
-    max_amount: int = 5_000_000_00
+    max_amount: int = 500_000_00  # 500,000.00
     min_amount: int = 1
 
 

@@ -1,0 +1,295 @@
+"""End to end over real sockets: every transaction kind and the codes around it."""
+
+from __future__ import annotations
+
+import trio
+
+from fastpath import requests as rq
+from switchd.daemon import Switch
+from switchd.demo import demo_pan
+from switchd.ledger import card_account_id, fee_account_id, merchant_account_id
+
+from .conftest import Conn, connect
+
+PIN = "123456"
+MID = "898100012340001"
+
+
+def card(seq: int, expiry: str = "3012") -> rq.Card:
+    return rq.Card(demo_pan(seq), expiry)
+
+
+async def available(sw: Switch, seq: int) -> int:
+    assert sw.services is not None
+    acct = await sw.services.ledger.account(card_account_id(demo_pan(seq), sw.services.pan_key))
+    assert acct is not None
+    return acct.available
+
+
+async def signed_on(sw: Switch, tid: str = "10000001", mid: str = MID) -> Conn:
+    c = await connect(sw, tid, mid)
+    await c.sign_on()
+    return c
+
+
+async def sale(c: Conn, seq: int, amount: int, pin: str | None = PIN):
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.sale(t.ident, card(seq), stan, amount, pin, t.pik)))
+    return stan, r
+
+
+async def test_sign_on_layouts_and_batch(switch: Switch) -> None:
+    for netcode in ("001", "003", "004"):
+        c = await connect(switch)
+        r = await c.sign_on(netcode)
+        assert r.rc == "00"
+        assert r.msg.network_code == netcode
+        assert r.msg.batch == "000001"
+        assert r.mac_ok  # signed with the new MAK
+        assert len(r.msg[62]) == {"001": 24, "003": 40, "004": 60}[netcode]
+
+
+async def test_unknown_terminal_and_wrong_merchant(switch: Switch) -> None:
+    c = await connect(switch, "99999999", MID)
+    r = await c.call(c.term.sign_on_frame())
+    assert r.rc == "97"
+    c = await connect(switch, "10000001", "898100012340002")
+    r = await c.call(c.term.sign_on_frame())
+    assert r.rc == "03"
+
+
+async def test_request_without_sign_on_and_with_wrong_mac(switch: Switch) -> None:
+    c = await connect(switch, "10000002")
+    t = c.term
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan()), sign=False))
+    assert r.rc == "A0"
+    assert r.msg.header[2] & 0x0F == 3  # sign on again
+    await c.sign_on()
+    frame = bytearray(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    frame[-1] ^= 1
+    r = await c.call(bytes(frame))
+    assert r.rc == "A0" and r.msg.header[2] & 0x0F == 3
+    assert 64 not in r.msg
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    assert r.rc == "00" and r.mac_ok
+
+
+async def test_sale_moves_money_with_the_fee(switch: Switch) -> None:
+    assert switch.services is not None
+    ledger = switch.services.ledger
+    c = await signed_on(switch)
+    merchant_before = (await ledger.account(merchant_account_id(MID))).balance
+    fee_before = (await ledger.account(fee_account_id("156"))).balance
+    stan, r = await sale(c, 10, 100_00)
+    assert r.rc == "00" and r.mac_ok
+    assert r.msg.rrn and len(r.msg.rrn) == 12 and r.msg.auth_code
+    assert r.msg.stan == stan and r.msg.amount == 100_00 and r.msg.tid == "10000001"
+    assert r.msg.acquirer_id == "01020000"
+    assert await available(switch, 10) == 100_000_00 - 100_00
+    fee = (100_00 * 38 + 5_000) // 10_000  # 0.38 %
+    assert (
+        await ledger.account(merchant_account_id(MID))
+    ).balance == merchant_before + 100_00 - fee
+    assert (await ledger.account(fee_account_id("156"))).balance == fee_before + fee
+
+
+async def test_card_checks(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    _, r = await sale(c, 2, 20_00)  # holds 10.00
+    assert r.rc == "51"
+    _, r = await sale(c, 3, 1_00)  # expired 2001
+    assert r.rc == "54"
+    for bad, rc in ((rq.Card("4111111111111111", "3012"), "15"),  # not our BIN
+                    (rq.Card("6228480000000000019", "3012"), "14"),  # Luhn
+                    (rq.Card(demo_pan(999_999), "3012"), "14")):  # not on file  # fmt: skip
+        r = await c.call(t.frame(*rq.sale(t.ident, bad, t.next_stan(), 100)))
+        assert r.rc == rc
+    _, r = await sale(c, 1, 600_000_00)  # over the default limit of 500,000.00
+    assert r.rc == "61"
+    _, r = await sale(c, 11, 0)
+    assert r.rc == "13"
+
+
+async def test_wrong_pin_three_times(switch: Switch) -> None:
+    c = await signed_on(switch)
+    before = await available(switch, 12)
+    codes = [(await sale(c, 12, 1_00, "111111"))[1].rc for _ in range(3)]
+    assert codes == ["55", "55", "75"]
+    assert (await sale(c, 12, 1_00, PIN))[1].rc == "75"  # blocked now
+    assert await available(switch, 12) == before
+
+
+async def test_void_and_its_errors(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan, r = await sale(c, 13, 50_00)
+    orig = t.remember("sale", r, stan)
+    r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 49_00, orig)))
+    assert r.rc == "64"
+    r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 50_00, orig)))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 13) == 100_000_00
+    r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 50_00, orig)))
+    assert r.rc == "12"  # already voided
+    missing = rq.Original(batch=t.batch, stan="999999")
+    r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 50_00, missing)))
+    assert r.rc == "25"
+
+
+async def test_partial_refunds_up_to_the_original(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan, r = await sale(c, 14, 100_00)
+    orig = t.remember("sale", r, stan)
+    for amount, rc in ((40_00, "00"), (60_00, "00"), (1, "13")):
+        r = await c.call(t.frame(*rq.refund(t.ident, card(14), t.next_stan(), amount, orig)))
+        assert r.rc == rc
+    assert await available(switch, 14) == 100_000_00
+
+
+async def test_preauth_completion_cancel(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(15), stan, 300_00, PIN, t.pik)))
+    assert r.rc == "00"
+    hold = t.remember("preauth", r, stan)
+    assert await available(switch, 15) == 100_000_00 - 300_00
+    cstan = t.next_stan()
+    r = await c.call(t.frame(*rq.completion(t.ident, card(15), cstan, 250_00, hold)))
+    assert r.rc == "00"
+    assert await available(switch, 15) == 100_000_00 - 250_00
+    done = t.remember("completion", r, cstan)
+    r = await c.call(t.frame(*rq.completion_void(t.ident, card(15), t.next_stan(), 250_00, done)))
+    assert r.rc == "00"
+    assert await available(switch, 15) == 100_000_00
+    # a second hold, cancelled
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(16), stan, 80_00)))
+    hold2 = t.remember("preauth2", r, stan)
+    r = await c.call(t.frame(*rq.preauth_cancel(t.ident, card(16), t.next_stan(), 80_00, hold2)))
+    assert r.rc == "00"
+    assert await available(switch, 16) == 100_000_00
+    # a third, completed offline with an advice, over the amount within the tolerance
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(17), stan, 100_00)))
+    hold3 = t.remember("preauth3", r, stan)
+    r = await c.call(
+        t.frame(*rq.completion_advice(t.ident, card(17), t.next_stan(), 115_00, hold3))
+    )
+    assert r.rc == "00"
+    assert await available(switch, 17) == 100_000_00 - 115_00
+
+
+async def test_completion_over_the_tolerance_is_refused(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(18), stan, 100_00)))
+    hold = t.remember("preauth", r, stan)
+    r = await c.call(t.frame(*rq.completion(t.ident, card(18), t.next_stan(), 116_00, hold)))
+    assert r.rc == "64"
+
+
+async def test_reversal_twice_undoes_once(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan = t.next_stan()
+    mti, fields = rq.sale(t.ident, card(19), stan, 70_00)
+    assert (await c.call(t.frame(mti, fields))).rc == "00"
+    assert await available(switch, 19) == 100_000_00 - 70_00
+    for _ in range(2):
+        r = await c.call(t.frame(*rq.reversal(fields, "98")))
+        assert r.rc == "00" and r.mac_ok
+        assert r.msg.mti == "0410"
+        assert await available(switch, 19) == 100_000_00
+
+
+async def test_reversal_of_a_sale_that_never_arrived(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan = t.next_stan()
+    mti, fields = rq.sale(t.ident, card(20), stan, 30_00)
+    r = await c.call(t.frame(*rq.reversal(fields, "98")))
+    assert r.rc == "00"
+    # the original turns up late: it must not post
+    r = await c.call(t.frame(mti, fields))
+    assert r.rc != "00"
+    assert await available(switch, 20) == 100_000_00
+
+
+async def test_duplicates(switch: Switch) -> None:
+    c = await signed_on(switch)
+    t = c.term
+    stan = t.next_stan()
+    frame = t.frame(*rq.sale(t.ident, card(21), stan, 10_00))
+    first = await c.call(frame)
+    again = await c.call(frame)
+    assert first.rc == again.rc == "00"
+    assert (again.msg.rrn, again.msg.auth_code) == (first.msg.rrn, first.msg.auth_code)
+    assert again.mac_ok
+    assert await available(switch, 21) == 100_000_00 - 10_00
+    other = t.frame(*rq.sale(t.ident, card(21), stan, 11_00))  # same STAN, other content
+    assert (await c.call(other)).rc == "94"
+    assert await available(switch, 21) == 100_000_00 - 10_00
+
+
+async def test_settlement_balanced_then_next_batch(switch: Switch) -> None:
+    c = await signed_on(switch, "10000005")
+    t = c.term
+    s1, r1 = await sale(c, 22, 12_34)
+    s2, r2 = await sale(c, 22, 10_00)
+    void = rq.void(t.ident, card(22), t.next_stan(), 10_00, t.remember("s2", r2, s2))
+    assert (await c.call(t.frame(*void))).rc == "00"
+    refund = rq.refund(t.ident, card(22), t.next_stan(), 1_00, t.remember("s1", r1, s1))
+    assert (await c.call(t.frame(*refund))).rc == "00"
+    # debits: two sales; credits: the void and the refund
+    totals = rq.settlement_totals(12_34 + 10_00, 2, 10_00 + 1_00, 2)
+    r = await c.call(t.frame(*rq.settlement(t.ident, t.next_stan(), totals)))
+    assert r.rc == "00" and r.mac_ok
+    assert r.msg.settlement_totals().code == 1
+    r = await c.sign_on()
+    assert r.msg.batch == "000002"
+
+
+async def test_unbalanced_settlement_and_batch_upload(switch: Switch) -> None:
+    c = await signed_on(switch, "10000006")
+    t = c.term
+    await sale(c, 23, 5_00)
+    totals = rq.settlement_totals(9_99, 1, 0, 0)
+    r = await c.call(t.frame(*rq.settlement(t.ident, t.next_stan(), totals)))
+    assert r.rc == "00"
+    assert r.msg.settlement_totals().code == 2
+    record = "01" + "22" + "000001" + f"{5_00:012d}"
+    for netcode in ("201", "207"):
+        r = await c.call(t.frame(*rq.batch_upload(t.ident, t.next_stan(), record, netcode)))
+        assert r.rc == "00" and r.mac_ok
+
+
+async def test_echo_sign_off_and_parameters(switch: Switch) -> None:
+    c = await signed_on(switch, "10000007")
+    t = c.term
+    r = await c.call(t.frame(*rq.parameter_download(t.ident, t.next_stan())))
+    assert r.rc == "00" and r.msg.mti == "0810"
+    assert r.msg[62].startswith(b"11026012013")  # tag, length, value
+    r = await c.call(t.frame(*rq.sign_off(t.ident, t.next_stan())))
+    assert r.rc == "00" and r.mac_ok
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    assert r.rc == "A0"
+
+
+async def test_split_and_coalesced_frames(switch: Switch) -> None:
+    c = await signed_on(switch, "10000008")
+    t = c.term
+    frames = [t.frame(*rq.echo_test(t.ident, t.next_stan())) for _ in range(30)]
+    stream = b"".join(frames)
+    for i in range(0, len(stream), 7):  # many TCP segments
+        await c.send(stream[i : i + 7])
+        await trio.sleep(0)
+    answers = [await c.recv() for _ in frames]
+    assert [a.msg.stan for a in answers] == [f"{i:06d}" for i in range(2, 32)]
+    await c.send(b"".join(t.frame(*rq.echo_test(t.ident, t.next_stan())) for _ in range(50)))
+    answers = [await c.recv() for _ in range(50)]
+    assert {a.rc for a in answers} == {"00"}
