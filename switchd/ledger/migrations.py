@@ -10,6 +10,11 @@ Both dialects store the same things the same way: ids as 16-byte big-endian
 strings (BLOB / bytea), money and timestamps (microseconds since the Unix
 epoch, UTC) as 64-bit integers, enums as text.
 
+Transfers live in a rowid table (SQLite), so rows are appended in commit
+order and the terminal/merchant indexes grow at their ends; only the 16-byte
+id index takes random inserts. Clustering the wide rows by their random ids
+(WITHOUT ROWID) made every commit dirty about one page per transfer.
+
 Transfers are immutable rows. What changes over a transfer's life (a hold's
 state, who reversed it, how much of it was refunded) lives in
 `transfer_state`, one row per transfer that has such a life; posted transfers
@@ -73,7 +78,7 @@ _V1 = [
             leg smallint,
             rrn text,
             masked_pan text
-        ){wr}"""
+        )"""
     ),
     _both(
         "CREATE INDEX transfers_by_terminal_batch ON transfers (terminal_id, batch_no)"
