@@ -14,6 +14,7 @@ parameters, and the reference data, without dropping a connection.
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 from pathlib import Path
 
@@ -101,9 +102,20 @@ class Switch:
         self.services.store.version = -1  # reload reference data on the next poll
         log.info("configuration reloaded from %s", self.config_path)
 
+    def _raise_fd_limit(self) -> None:
+        """Thousands of terminals need thousands of descriptors: take the hard limit."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        # Besides terminals: the HSM pool, database files, the admin listener.
+        if hard < self.cfg.terminals.max_connections + 100:
+            log.warning("file descriptor limit %d is below terminals.max_connections + 100; "
+                        "connections beyond it will fail to be accepted", hard)  # fmt: skip
+
     async def run(self, *, task_status: trio.TaskStatus[Switch] = trio.TASK_STATUS_IGNORED
                   ) -> None:  # fmt: skip
         cfg = self.cfg
+        self._raise_fd_limit()
         Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
         db = open_database(cfg)
         try:

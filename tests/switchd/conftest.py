@@ -67,6 +67,9 @@ class Conn:
 
 
 async def connect(sw: Switch, tid: str = "10000001", mid: str = "898100012340001") -> Conn:
-    host, port = sw.addresses[0]
-    stream = await trio.open_tcp_stream(host, port)
+    return await connect_to(sw.addresses[0], tid, mid)
+
+
+async def connect_to(addr: tuple[str, int], tid: str, mid: str) -> Conn:
+    stream = await trio.open_tcp_stream(*addr)
     return Conn(stream, Terminal(tid, mid))

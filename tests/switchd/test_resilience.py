@@ -1,0 +1,193 @@
+"""Bad input, overload, timeouts, restarts: the switch keeps serving everyone else."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from fastpath import requests as rq
+from hsm.lmk import load_lmk
+from hsm.server import serve_hsm
+from hsm.testing import key_under_lmk
+from switchd.config import Hsm, Security, Terminals, Transactions, kek_bytes
+from switchd.daemon import Switch
+from switchd.demo import DEMO_TMK, demo_pan
+from switchd.ledger import card_account_id
+
+from .conftest import connect, small_config
+
+CARD = rq.Card(demo_pan(30), "3012")
+
+
+async def test_undecodable_frame_gets_30_and_the_connection_lives(switch: Switch) -> None:
+    c = await connect(switch)
+    await c.sign_on()
+    t = c.term
+    good = t.frame(*rq.echo_test(t.ident, t.next_stan()))
+    # a 0200 whose bitmap names field 5 (not in the CUP field set)
+    iso = bytes.fromhex("0200") + (1 << 59).to_bytes(8, "big") + bytes(12)
+    bad = rq.DEFAULT_TPDU + rq.DEFAULT_HEADER + iso
+    r = await c.call(len(bad).to_bytes(2, "big") + bad)
+    assert r.msg.mti == "0210" and r.rc == "30"
+    assert (await c.call(good)).rc == "00"
+
+
+async def test_absurd_length_closes_only_that_connection(switch: Switch) -> None:
+    victim = await connect(switch, "10000003")
+    other = await connect(switch, "10000004")
+    await other.sign_on()
+    await victim.send(b"\xff\xff" + bytes(10))
+    with trio.fail_after(5):
+        assert await victim.stream.receive_some(100) == b""
+    t = other.term
+    assert (await other.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))).rc == "00"
+
+
+async def test_max_connections_refuses_cleanly(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, terminals=Terminals(max_connections=3))
+    sw = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        conns = [await connect(sw, f"1000000{i}") for i in range(1, 4)]
+        await conns[0].sign_on()
+        extra = await connect(sw, "10000009")
+        with trio.fail_after(5):
+            data = b"x"
+            try:
+                data = await extra.stream.receive_some(100)
+            except trio.BrokenResourceError:
+                data = b""
+            assert data == b""
+        t = conns[0].term
+        assert (await conns[0].call(t.frame(*rq.echo_test(t.ident, t.next_stan())))).rc == "00"
+        sw.stop()
+
+
+async def test_idle_and_stalled_connections_are_closed(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, terminals=Terminals(idle_timeout_s=0.5, frame_timeout_s=0.5))
+    sw = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        idle = await connect(sw)
+        stalled = await connect(sw, "10000002")
+        frame = stalled.term.sign_on_frame()
+        await stalled.send(frame[:10])  # half a frame, then nothing
+        with trio.fail_after(5):
+            assert await idle.stream.receive_some(10) == b""
+            assert await stalled.stream.receive_some(10) == b""
+        sw.stop()
+
+
+async def test_keys_survive_a_restart(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    sw = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        c = await connect(sw)
+        await c.sign_on()
+        term = c.term
+        sw.stop()
+    sw2 = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw2.run)
+        c2 = await connect(sw2)
+        c2.term = term  # same terminal, same keys, after the restart
+        r = await c2.call(term.frame(*rq.sale(term.ident, CARD, term.next_stan(), 1_00, "123456",
+                                              term.pik)))  # fmt: skip
+        assert r.rc == "00" and r.mac_ok
+        sw2.stop()
+
+
+async def _proxy(
+    listen_port_box: list[int],
+    target: int,
+    stall: trio.Event,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:  # type: ignore[no-untyped-def]
+    """A TCP relay to the HSM that stops forwarding requests once `stall` is set."""
+
+    async def pipe(src: trio.SocketStream, dst: trio.SocketStream, gated: bool) -> None:
+        while data := await src.receive_some(65536):
+            if gated and stall.is_set():
+                continue  # swallow: the HSM 'stops answering'
+            await dst.send_all(data)
+
+    async def handle(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", target)
+        async with trio.open_nursery() as n:
+            n.start_soon(pipe, client, upstream, True)
+            n.start_soon(pipe, upstream, client, False)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listen_port_box.append(listeners[0].socket.getsockname()[1])
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)
+
+
+async def test_a_silent_hsm_gives_96_and_posts_nothing(tmp_path: Path) -> None:
+    lmk = load_lmk("test")
+    stall = trio.Event()
+    async with trio.open_nursery() as nursery:
+        hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0)
+        box: list[int] = []
+        await nursery.start(_proxy, box, hsm_port, stall)
+        cfg = small_config(
+            tmp_path,
+            hsm=Hsm(embedded=False, addresses=[f"127.0.0.1:{box[0]}"], timeout_s=0.5),
+            transactions=Transactions(timeout_s=1.0),
+        )
+        cfg.security = Security(kek_lmk=key_under_lmk(lmk, "000", kek_bytes(cfg)))
+        cfg.demo.tmk_lmk = key_under_lmk(lmk, "002", DEMO_TMK)
+        sw = Switch(cfg)
+        await nursery.start(sw.run)
+        c = await connect(sw)
+        await c.sign_on()
+        t = c.term
+        stall.set()
+        with trio.fail_after(5):
+            r = await c.call(t.frame(*rq.sale(t.ident, CARD, t.next_stan(), 5_00, "123456", t.pik)))
+        assert r.rc == "96" and r.mac_ok
+        assert sw.services is not None
+        acct = await sw.services.ledger.account(card_account_id(CARD.pan, sw.services.pan_key))
+        assert acct is not None and acct.available == 100_000_00
+        sw.stop()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_thousand_terminals_at_once(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path)
+    cfg.demo.terminals_per_merchant = 500
+    cfg.demo.cards = 200
+    sw = Switch(cfg)
+    results: list[str] = []
+
+    async def terminal(tid: str, mid: str, seq: int) -> None:
+        c = await connect(sw, tid, mid)
+        await c.sign_on()
+        t = c.term
+        card = rq.Card(demo_pan(seq), "3012")
+        r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 1_00, "123456", t.pik)))
+        results.append(r.rc if r.mac_ok else "bad-mac")
+        await c.stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as fleet:
+                for i in range(500):
+                    fleet.start_soon(terminal, f"{10000001 + i}", "898100012340001", 4 + i % 196)
+                    fleet.start_soon(terminal, f"{20000001 + i}", "898100012340002", 4 + i % 196)
+        assert results.count("00") == 1000
+        assert sw.services is not None
+        total = 0
+        for seq in range(4, 200):
+            acct = await sw.services.ledger.account(
+                card_account_id(demo_pan(seq), sw.services.pan_key)
+            )
+            assert acct is not None
+            total += 100_000_00 - acct.available
+        assert total == 1000 * 1_00
+        assert await sw.services.ledger.audit() == []
+        sw.stop()
