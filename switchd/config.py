@@ -29,7 +29,7 @@ class Listener(Base):
 
 
 class Terminals(Base):
-    max_connections: int = 20_000
+    max_connections: int = 10_000
     idle_timeout_s: float = 300.0
     max_frame: int = 2048
     # Frames taken from one read before the rest wait for their turn: with

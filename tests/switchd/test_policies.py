@@ -1,0 +1,110 @@
+"""Merchant and card policies from the reference data, and a ledger slower than the deadline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from fastpath import requests as rq
+from switchd.config import Transactions
+from switchd.daemon import Switch
+from switchd.demo import demo_pan
+from switchd.ledger import card_account_id
+
+from .conftest import connect, small_config
+
+MID = "898100012340001"
+
+
+async def _reload(sw: Switch, sql: str, params: tuple) -> None:
+    assert sw.services is not None
+    await sw.services.store.db.execute(sql, params)
+    await sw.services.store.load()
+
+
+async def _sale(sw: Switch, seq: int, amount: int = 1_00, tid: str = "10000001") -> str:
+    c = await connect(sw, tid)
+    await c.sign_on()
+    t = c.term
+    r = await c.call(
+        t.frame(*rq.sale(t.ident, rq.Card(demo_pan(seq), "3012"), t.next_stan(), amount))
+    )
+    return r.rc
+
+
+async def test_kind_not_permitted_to_the_merchant_is_58(switch: Switch) -> None:
+    await _reload(
+        switch, "UPDATE merchants SET permitted = ? WHERE mid = ?", ("balance,refund", MID)
+    )
+    assert await _sale(switch, 5) == "58"
+
+
+async def test_payment_method_without_sales_is_40(switch: Switch) -> None:
+    await _reload(
+        switch,
+        "UPDATE payment_methods SET allow_sale = 0 WHERE mid = ? AND method = 'bankcard'",
+        (MID,),
+    )
+    assert await _sale(switch, 5) == "40"
+
+
+async def test_refund_disallowed_by_the_payment_method_is_40(switch: Switch) -> None:
+    c = await connect(switch)
+    await c.sign_on()
+    t = c.term
+    card = rq.Card(demo_pan(6), "3012")
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.sale(t.ident, card, stan, 10_00)))
+    orig = t.remember("sale", r, stan)
+    await _reload(
+        switch,
+        "UPDATE payment_methods SET allow_refund = 0 WHERE mid = ? AND method = 'bankcard'",
+        (MID,),
+    )
+    r = await c.call(t.frame(*rq.refund(t.ident, card, t.next_stan(), 5_00, orig)))
+    assert r.rc == "40"
+
+
+async def test_blocked_card_is_05_and_merchant_limit_is_61(switch: Switch) -> None:
+    assert switch.services is not None
+    card_id = str(card_account_id(demo_pan(7), switch.services.pan_key))
+    await _reload(switch, "UPDATE cards SET status = 'blocked' WHERE card_id = ?", (card_id,))
+    assert await _sale(switch, 7) == "05"
+    await _reload(switch, "UPDATE merchants SET max_amount = 99 WHERE mid = ?", (MID,))
+    assert await _sale(switch, 8, 1_00, tid="10000002") == "61"
+
+
+async def test_inactive_terminal_is_97(switch: Switch) -> None:
+    await _reload(switch, "UPDATE terminals SET status = 'inactive' WHERE tid = ?", ("10000001",))
+    c = await connect(switch)
+    assert (await c.call(c.term.sign_on_frame())).rc == "97"
+
+
+async def test_ledger_slower_than_the_deadline_is_98_and_undone(tmp_path: Path) -> None:
+    sw = Switch(small_config(tmp_path, transactions=Transactions(timeout_s=0.5)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        assert sw.services is not None
+        ledger = sw.services.ledger
+        real = ledger.submit_linked
+        slow = {"on": False}
+
+        async def slow_submit(ops):  # type: ignore[no-untyped-def]
+            if slow["on"]:
+                await trio.sleep(1.0)  # the ledger commits, but only after the deadline
+            return await real(ops)
+
+        ledger.submit_linked = slow_submit  # type: ignore[method-assign]
+        c = await connect(sw)
+        await c.sign_on()
+        t = c.term
+        card = rq.Card(demo_pan(9), "3012")
+        slow["on"] = True
+        r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
+        slow["on"] = False
+        assert r.rc == "98" and r.mac_ok
+        acct = await ledger.account(card_account_id(demo_pan(9), sw.services.pan_key))
+        assert acct is not None and acct.available == 100_000_00
+        assert await ledger.audit() == []
+        sw.stop()
