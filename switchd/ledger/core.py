@@ -5,10 +5,11 @@ The writer hands a batch (every group submitted since its last commit) to
 
 1. collect every id the batch mentions (new transfer ids, the pending or
    original transfers they refer to, accounts, terminals);
-2. load those rows with a fixed number of set queries — state rows, then
-   transfers, then accounts, then terminal batches, each sorted by key. The
-   PostgreSQL store locks them (`FOR UPDATE`) as it reads; the fixed order
-   (states before accounts before terminals, ascending ids within each) is
+2. load those rows with a fixed number of set queries — state rows, the
+   referred-to transfers, accounts, terminal batches, and only then the new
+   ids (for idempotency), each sorted by key. The PostgreSQL store locks
+   states, accounts and terminals (`FOR UPDATE`) as it reads; the fixed order
+   (states before accounts before terminals, ascending keys within each) is
    what keeps two switch processes from deadlocking;
 3. run the operations in submission order against those rows in memory,
    each group under an undo journal: a failing operation, or a failing
@@ -212,24 +213,17 @@ def _code_ok(code: object) -> bool:
 def _meta_ok(meta: WireMeta | None) -> bool:
     if meta is None:
         return True
+    if type(meta) is not WireMeta:
+        return False
+    t, m, b, n, k, leg, rrn, pan = (meta.terminal_id, meta.merchant_id, meta.batch, meta.stan,
+                                    meta.kind, meta.leg, meta.rrn, meta.masked_pan)
     return (
-        isinstance(meta, WireMeta)
-        and isinstance(meta.terminal_id, str)
-        and 0 < len(meta.terminal_id) <= MAX_TEXT_LEN
-        and isinstance(meta.merchant_id, str)
-        and len(meta.merchant_id) <= MAX_TEXT_LEN
-        and _is_int(meta.batch)
-        and 0 <= meta.batch <= MAX_BATCH
-        and _is_int(meta.stan)
-        and 0 <= meta.stan <= 999_999
-        and isinstance(meta.kind, str)
-        and 0 < len(meta.kind) <= MAX_CODE_LEN
-        and _is_int(meta.leg)
-        and 0 <= meta.leg <= 99
-        and isinstance(meta.rrn, str)
-        and len(meta.rrn) <= MAX_TEXT_LEN
-        and isinstance(meta.masked_pan, str)
-        and len(meta.masked_pan) <= MAX_TEXT_LEN
+        type(t) is str and type(m) is str and type(k) is str and type(rrn) is str
+        and type(pan) is str and type(b) is int and type(n) is int and type(leg) is int
+        and 0 < len(t) <= MAX_TEXT_LEN and len(m) <= MAX_TEXT_LEN
+        and 0 < len(k) <= MAX_CODE_LEN and len(rrn) <= MAX_TEXT_LEN
+        and len(pan) <= MAX_TEXT_LEN
+        and 0 <= b <= MAX_BATCH and 0 <= n <= 999_999 and 0 <= leg <= 99
     )
 
 
@@ -326,20 +320,20 @@ class _Batch:
         if expire_limit > 0:
             self.due = store.load_due_pending(self.now, expire_limit)
             refs.update(self.due)
+        # Order matters with several writers (PostgreSQL): lock first, then
+        # look. The referred-to transfers are immutable and tell which accounts
+        # to lock; only once the states, accounts and terminals are locked are
+        # the new ids looked up, so a concurrent batch that posted the same id
+        # through the same accounts has committed and is seen (a duplicate),
+        # instead of both evaluating it.
         if refs:
             for row in store.load_states(sorted(refs)):
                 self.states[row[0]] = _State(row)
-        xids = new_ids | refs
-        if xids:
-            for row in store.load_transfers(sorted(xids)):
+            for row in store.load_transfers(sorted(refs)):
                 x = _Xfer(row)
                 self.transfers[x.id] = x
-                if x.id in refs:
-                    accts.add(x.debit)
-                    accts.add(x.credit)
-        if xids:
-            for rid, fp, code in store.load_rejections(sorted(xids)):
-                self.rejections[rid] = (fp, code)
+                accts.add(x.debit)
+                accts.add(x.credit)
         if accts:
             for row in store.load_accounts(sorted(accts)):
                 self.accounts[row[0]] = _Acct(row)
@@ -347,6 +341,15 @@ class _Batch:
             for tid, current in store.load_terminal_batches(sorted(tids)):
                 self.batches[tid] = current
                 self.loaded_batches.add(tid)
+        fresh = new_ids - refs
+        if fresh:
+            for row in store.load_transfers(sorted(fresh)):
+                x = _Xfer(row)
+                self.transfers[x.id] = x
+        xids = new_ids | refs
+        if xids:
+            for rid, fp, code in store.load_rejections(sorted(xids)):
+                self.rejections[rid] = (fp, code)
 
     # --- running groups ---------------------------------------------------
 
@@ -385,7 +388,20 @@ class _Batch:
 
     def _run_one(self, op: Op | ExpireDue) -> Result:
         self.journal = []
-        result = self._apply_guarded(op)
+        if (type(op) is Transfer and op.pending is False and op.refund_of is None
+                and type(op.timeout_s) is int and not op.timeout_s
+                and type(op.post_tolerance) is int and not op.post_tolerance):
+            # The hot path, without the generic dispatch of _apply_guarded.
+            self.candidate = None
+            try:
+                result = self._posted_fast(op)
+            except Exception:
+                log.exception("ledger: unexpected error applying a transfer")
+                self._undo()
+                self.candidate = None
+                result = Result(RC.INTERNAL_ERROR)
+        else:
+            result = self._apply_guarded(op)
         if not result.ok:
             self._undo()
             if self.candidate is not None:
