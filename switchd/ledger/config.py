@@ -33,6 +33,12 @@ class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: How often the sweeper releases expired holds.
     expiry_interval_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("ledger.max_batch must be at least 1")
+        if self.expiry_interval_s <= 0:
+            raise ValueError("ledger.expiry_interval_s must be positive")
+
     def sqlite_path(self) -> Path:
         path = Path(self.sqlite.path)
         return path if path.is_absolute() else Path(self.data_dir) / path

@@ -128,6 +128,9 @@ class Ledger:
     async def _run_writer(self) -> None:
         try:
             while True:
+                # The commit below is shielded; this is where a cancelled
+                # ledger stops, even under a load that never lets the queue empty.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 if not self._queue:
                     if self._closing:
                         return
@@ -138,6 +141,7 @@ class Ledger:
         finally:
             # Cancelled or closing: whatever is still queued never reached the
             # database, and its callers must not sleep forever.
+            self._closing = True
             while self._queue:
                 req = self._queue.popleft()
                 trio.lowlevel.reschedule(

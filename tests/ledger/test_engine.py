@@ -6,6 +6,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 import trio
@@ -233,3 +234,46 @@ def test_postgres_settings_are_durable(tmp_path: Path) -> None:
 def test_sqlite_error_type_is_real() -> None:
     # Guards the disk-full test: SQLITE_FULL reaches us as sqlite3.OperationalError.
     assert issubclass(sqlite3.OperationalError, sqlite3.Error)
+
+
+async def test_cancelled_ledger_answers_everyone(config: LedgerConfig) -> None:
+    """Cancelling the ledger under load: each caller hears OK (committed) or LedgerClosed."""
+    outcomes: dict[int, object] = {}
+    small = msgspec.structs.replace(config, max_batch=100)  # several commits queued
+    async with trio.open_nursery() as outer:
+        with trio.CancelScope() as scope:
+            async with open_ledger(small) as ledger:
+                chart = await make_chart(ledger, funds=10**9)
+
+                async def one(i: int) -> None:
+                    try:
+                        outcomes[i] = await ledger.execute(
+                            Transfer(8_000_000 + i, chart.card, chart.merchant, 1, "sale"))
+                    except LedgerClosed as exc:
+                        outcomes[i] = exc
+
+                for i in range(2_000):
+                    outer.start_soon(one, i)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+    assert len(outcomes) == 2_000
+    committed = sum(isinstance(o, Result) for o in outcomes.values())
+    assert 0 < committed < 2_000
+    async with open_ledger(config) as ledger:
+        for i, outcome in outcomes.items():
+            on_record = await ledger.transfer(8_000_000 + i) is not None
+            if isinstance(outcome, Result):
+                assert outcome.ok and on_record
+            else:
+                assert not on_record
+        assert await ledger.audit() == []
+
+
+def test_config_is_validated() -> None:
+    config = msgspec.toml.decode(b'backend = "postgres"\n[postgres]\ndsn = "host=db"\n',
+                                 type=LedgerConfig)
+    assert config.backend == "postgres" and config.postgres.dsn == "host=db"
+    with pytest.raises(msgspec.ValidationError, match="max_batch"):
+        msgspec.toml.decode(b"max_batch = 0", type=LedgerConfig)
+    with pytest.raises(msgspec.ValidationError, match=r"\$\.postgres"):
+        msgspec.toml.decode(b"[postgres]\nbogus = 1", type=LedgerConfig)
