@@ -31,6 +31,7 @@ from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
 from switchd.journal import Journal
+from switchd.jsonlog import TXN_LOG
 from switchd.ledger import LedgerConfig, PostgresConfig, SqliteConfig, open_ledger
 from switchd.listener import Listeners
 from switchd.processor import Processor
@@ -168,6 +169,7 @@ class Switch:
         self.listeners = Listeners(cfg, connection_handler(self.processor.handle))
         async with trio.open_nursery() as background:
             background.start_soon(journal.run)
+            background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)
             async with trio.open_nursery() as serving:

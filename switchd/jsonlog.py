@@ -46,13 +46,75 @@ def setup(level: int = logging.INFO, stream: object = None) -> None:
     root.setLevel(level)
 
 
+class TxnLog:
+    """The per-transaction log line, written without the logging module's per-record cost.
+
+    At thousands of transactions a second, a LogRecord, a formatter and a
+    flushed write per line cost more than the transaction itself; here a line
+    is one orjson call appended to a buffer, written out when it passes
+    ``FLUSH_BYTES`` and at least every ``FLUSH_INTERVAL_S`` (``run``), and on
+    shutdown. The lines go to the same stream as the other logs.
+    """
+
+    FLUSH_BYTES = 64 * 1024
+    FLUSH_INTERVAL_S = 0.2
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.enabled = True
+
+    def emit(self, fields: dict[str, object]) -> None:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        line = {"ts": f"{stamp}.{int(now * 1000) % 1000:03d}Z", **fields}
+        self.buf += orjson.dumps(line)
+        self.buf += b"\n"
+        if len(self.buf) >= self.FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        data = bytes(self.buf)
+        self.buf.clear()
+        stream = _stream()
+        try:
+            stream.write(data)
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full log stream must not stop transactions
+
+    async def run(self) -> None:
+        import trio
+
+        try:
+            while True:
+                await trio.sleep(self.FLUSH_INTERVAL_S)
+                self.flush()
+        finally:
+            self.flush()
+
+
+def _stream():  # type: ignore[no-untyped-def]
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None:
+            return getattr(stream, "buffer", stream)
+    return sys.stderr.buffer
+
+
+TXN_LOG = TxnLog()
+
+
 def log_txn(txn: Txn, rc: str, elapsed_s: float) -> None:
-    if not txn_log.isEnabledFor(logging.INFO):
+    if not TXN_LOG.enabled or not txn_log.isEnabledFor(logging.INFO):
         return
     from switchd.context import mask_pan
 
     msg = txn.msg
-    fields = {
+    fields: dict[str, object] = {
+        "level": "info",
+        "logger": "switchd.txn",
         "event": "transaction",
         "kind": txn.kind.name.lower(),
         "mti": msg.mti,
@@ -67,4 +129,4 @@ def log_txn(txn: Txn, rc: str, elapsed_s: float) -> None:
     }
     if txn.orig_kind is not None:
         fields["original_kind"] = txn.orig_kind.name.lower()
-    txn_log.info("transaction", extra={"fields": fields})
+    TXN_LOG.emit(fields)
