@@ -1,0 +1,564 @@
+"""A fleet of simulated POS terminals on asyncio + uvloop: the load generator's engine.
+
+Each terminal is one TCP connection and one task. It signs on (real key
+exchange under the demo TMK), waits until the whole fleet has signed on,
+then runs a mix of transactions until the run's time is up, closed-loop (the
+next request as soon as the answer arrives, as a busy terminal does) or at a
+target rate shared by the fleet; at the end it settles its batch. Every
+answer is checked the way a terminal checks it: MAC under the session MAK,
+MTI, STAN echo, and the response code against what the step expects;
+anything else is counted as an error, never silently accepted.
+
+Why asyncio on uvloop with a bare ``asyncio.Protocol`` (no streams): the
+generator shares the machine with the switch and must cost as little CPU
+per request as possible; the frame splitter, codec, MAC and PIN block are
+the compiled ``fastpath`` ones.
+
+Bounds: every loop ends by itself. A terminal stops starting steps at the
+end of the run, every receive has a timeout, reconnects back off and stop at
+the end of the run, and the fleet waits a bounded time for its terminals.
+
+Money: the fleet keeps its own tally of what the switch approved per card
+(``Tally``), so a soak can compare it with the ledger; a request whose
+outcome is unknown (no answer) is reversed, as a terminal does, and its card
+is marked uncertain until the reversal is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import resource
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bench.sim import Response, Terminal
+from bench.stats import Stats
+from fastpath import requests as rq
+from fastpath.crypto import DesKey
+from fastpath.errors import CodecError, FrameError
+from fastpath.framing import FrameSplitter
+from switchd.demo import demo_pan
+
+MERCHANTS = ("898100012340001", "898100012340002")
+#: First TID of each demo merchant (switchd.demo.MERCHANTS).
+FIRST_TID = (10_000_001, 20_000_001)
+PIN = "123456"
+EXPIRY = "3012"
+START_BALANCE = 100_000_00  # every demo card from sequence 4 on
+DEFAULT_MIX = {"sale": 70, "balance": 5, "void": 6, "refund": 6, "preauth": 7, "reversal": 6}
+KINDS = ("sale", "balance", "void", "refund", "preauth", "reversal")
+#: Keys of the ceiling mode (bench.ceiling signs its fixed answer with this MAK).
+CEILING_PIK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
+CEILING_MAK = bytes.fromhex("89ABCDEF01234567")
+#: Approved sales a terminal keeps for later voids and refunds.
+OPEN_SALES = 16
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``sale=70,void=10`` -> weights; unknown kinds are refused by name."""
+    mix: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition("=")
+        if name not in KINDS:
+            raise ValueError(f"unknown kind {name!r} in the mix (known: {', '.join(KINDS)})")
+        mix[name] = float(weight or 1)
+    if not mix or sum(mix.values()) <= 0:
+        raise ValueError("the mix needs at least one kind with a positive weight")
+    return mix
+
+
+def terminal_ids(index: int, per_merchant: int) -> tuple[str, str]:
+    """(TID, MID) of the fleet's terminal ``index``: the first merchant's, then the second's."""
+    m, k = divmod(index, per_merchant)
+    if m >= len(MERCHANTS):
+        raise ValueError(f"only {len(MERCHANTS) * per_merchant} demo terminals exist")
+    return f"{FIRST_TID[m] + k:08d}", MERCHANTS[m]
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+@dataclass
+class FleetConfig:
+    host: str = "127.0.0.1"
+    port: int = 5800
+    terminals: int = 100
+    duration: float = 10.0
+    # Steps per second across the fleet; None: closed loop.
+    rate: float | None = None
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    cards: tuple[int, int] = (4, 10_000)
+    per_merchant: int = 5000
+    first: int = 0  # index of the fleet's first terminal (keeps fleets on distinct TIDs)
+    settle: bool = True
+    timeout: float = 10.0
+    connect_concurrency: int = 256
+    sign_on_timeout: float = 180.0
+    # Against bench.ceiling: no sign-on, fixed keys, sales only, no STAN check.
+    ceiling: bool = False
+    # Codes and failures expected while faults are injected (soak): counted apart.
+    tolerate: frozenset[str] = frozenset()
+    tolerate_failures: bool = False
+    seed: int = 1
+    progress: bool = True
+
+
+@dataclass
+class Tally:
+    """What the fleet saw approved, per card sequence: the net amount taken."""
+
+    net: dict[int, int] = field(default_factory=dict)
+    uncertain: set[int] = field(default_factory=set)
+
+    def add(self, seq: int, amount: int) -> None:
+        self.net[seq] = self.net.get(seq, 0) + amount
+
+
+class Unanswered(Exception):
+    """No answer: timeout, connection lost, or an answer that is not a frame."""
+
+
+class Link(asyncio.Protocol):
+    """One terminal's connection: frames in, frames out, no streams layer."""
+
+    def __init__(self) -> None:
+        self.splitter = FrameSplitter(max_length=4096)
+        self.frames: deque[bytes] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.splitter.feed(data)
+            while (body := self.splitter.next_frame()) is not None:
+                self.frames.append(body)
+        except FrameError:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def send(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            raise Unanswered("connection closed")
+        self.transport.write(data)
+
+    async def recv(self, timeout: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.frames:
+            if self.closed:
+                raise Unanswered("connection closed")
+            fut = loop.create_future()
+            self.waiter = fut
+            handle = loop.call_at(deadline, _expire, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
+                self.waiter = None
+        return self.frames.popleft()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(Unanswered("timeout"))
+
+
+@dataclass
+class OpenSale:
+    orig: rq.Original
+    seq: int
+    amount: int
+
+
+class Worker:
+    """One simulated terminal of the fleet."""
+
+    def __init__(self, fleet: Fleet, index: int) -> None:
+        self.fleet = fleet
+        self.cfg = fleet.cfg
+        self.stats = fleet.stats
+        tid, mid = terminal_ids(self.cfg.first + index, self.cfg.per_merchant)
+        # STANs start at a random point: a fleet that did not settle leaves its
+        # batch open, and a STAN reused in a batch would be answered 94.
+        self.term = Terminal(tid, mid, stan=fleet.stan_rng.randrange(900_000))
+        self.rng = random.Random(self.cfg.seed * 1_000_003 + index)
+        self.link: Link | None = None
+        self.open_sales: deque[OpenSale] = deque(maxlen=OPEN_SALES)
+        self.debits = [0, 0]  # amount, count of this batch
+        self.credits = [0, 0]
+        # The request whose outcome is unknown, to reverse after reconnecting:
+        # (its fields, card sequence, amount already in the tally to take back).
+        self.to_reverse: tuple[dict[int, object], int, int] | None = None
+
+    # -- connection ----------------------------------------------------------
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with self.fleet.connect_gate:
+            _, link = await asyncio.wait_for(
+                loop.create_connection(Link, self.cfg.host, self.cfg.port), self.cfg.timeout
+            )
+        self.link = link
+        if self.cfg.ceiling:
+            self.term.pik, self.term.mak = CEILING_PIK, DesKey(CEILING_MAK)
+            return
+        t0 = time.perf_counter()
+        self.link.send(self.term.sign_on_frame())
+        resp = self.term.read(await self.link.recv(self.cfg.timeout))
+        self.term.install_keys(resp)  # raises TerminalError on a refusal or bad keys
+        self.stats.sign_ons += 1
+        self.stats.sign_on_latencies.append(time.perf_counter() - t0)
+
+    async def reconnect(self, stop_at: float) -> bool:
+        """After a lost answer: a new connection, a new sign-on, then the reversal."""
+        if self.link is not None:
+            self.link.close()
+        delay = 0.05
+        while time.perf_counter() < stop_at + self.cfg.timeout:
+            try:
+                await self.connect()
+                if self.to_reverse is not None:
+                    await self.reverse_unknown()
+                return True
+            except Exception as exc:  # refused sign-on, reset, timeout: all retried
+                self.failure(f"reconnect: {type(exc).__name__}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        return False
+
+    def failure(self, reason: str) -> None:
+        if self.cfg.tolerate_failures:
+            self.stats.tolerated[reason] += 1
+        else:
+            self.stats.error(reason)
+
+    # -- one request -----------------------------------------------------------
+
+    async def call(self, kind: str, mti: str, fields: dict[int, object],
+                   t0: float | None = None) -> Response:  # fmt: skip
+        """Send one request, wait for its answer, check it as a terminal does."""
+        assert self.link is not None
+        start = time.perf_counter() if t0 is None else t0
+        self.link.send(self.term.frame(mti, fields))
+        body = await self.link.recv(self.cfg.timeout)
+        now = time.perf_counter()
+        try:
+            resp = self.term.read(body)
+        except CodecError as exc:
+            self.stats.error(f"{kind}: undecodable answer ({type(exc).__name__})")
+            raise Unanswered("undecodable answer") from None
+        rc = resp.rc
+        self.stats.record(kind, rc, now - start, now)
+        want_mti = f"{int(mti) + 10:04d}"
+        if resp.msg.mti != want_mti:
+            self.stats.error(f"{kind}: MTI {resp.msg.mti}, expected {want_mti}")
+        if not self.cfg.ceiling and resp.msg.stan != fields[11]:
+            self.stats.error(f"{kind}: STAN not echoed")
+        if resp.mac_ok is False or (rc == "00" and resp.mac_ok is None):
+            # An answer that does not verify is no answer: the terminal reverses.
+            self.stats.error(f"{kind}: bad or missing MAC")
+            raise Unanswered("bad MAC")
+        return resp
+
+    def expect(self, kind: str, resp: Response, want: str = "00") -> bool:
+        if resp.rc == want:
+            return True
+        if resp.rc in self.cfg.tolerate:
+            self.stats.tolerated[f"{kind}:{resp.rc}"] += 1
+        else:
+            self.stats.error(f"{kind}: rc {resp.rc}, expected {want}")
+        return False
+
+    def card(self) -> tuple[int, rq.Card]:
+        seq = self.rng.randint(*self.cfg.cards)
+        return seq, rq.Card(demo_pan(seq), EXPIRY)
+
+    def amount(self) -> int:
+        return self.rng.randint(1_00, 99_99)
+
+    # -- steps -------------------------------------------------------------------
+
+    async def sale(self, t0: float | None, then_reverse: bool = False) -> None:
+        t, tally = self.term, self.fleet.tally
+        seq, card = self.card()
+        amount = self.amount()
+        stan = t.next_stan()
+        mti, fields = rq.sale(t.ident, card, stan, amount, PIN, t.pik)
+        self.to_reverse = (fields, seq, 0)
+        resp = await self.call("sale", mti, fields, t0)
+        self.to_reverse = None
+        if not self.expect("sale", resp) or self.cfg.ceiling:
+            return
+        tally.add(seq, amount)
+        if then_reverse:
+            self.to_reverse = (fields, seq, amount)
+            rev = await self.call("reversal", *rq.reversal(fields, "96"))
+            self.to_reverse = None
+            if self.expect("reversal", rev):
+                tally.add(seq, -amount)
+                return
+        self.debits[0] += amount
+        self.debits[1] += 1
+        self.open_sales.append(OpenSale(t.remember("sale", resp, stan), seq, amount))
+
+    async def balance(self, t0: float | None) -> None:
+        t = self.term
+        _, card = self.card()
+        resp = await self.call("balance", *rq.balance(t.ident, card, t.next_stan(), PIN, t.pik), t0)
+        self.expect("balance", resp)
+
+    async def void_or_refund(self, kind: str, t0: float | None) -> None:
+        if not self.open_sales:
+            await self.sale(t0)
+            return
+        t, tally = self.term, self.fleet.tally
+        o = self.open_sales.popleft()
+        card = rq.Card(demo_pan(o.seq), EXPIRY)
+        if kind == "void":
+            amount = o.amount
+            mti, fields = rq.void(t.ident, card, t.next_stan(), amount, o.orig)
+        else:
+            amount = self.rng.randint(1, o.amount)
+            mti, fields = rq.refund(t.ident, card, t.next_stan(), amount, o.orig)
+        # A void is reversible; a refund (0220 advice) is not, and a lost one stays unknown.
+        self.to_reverse = (fields, o.seq, 0) if kind == "void" else None
+        if kind == "refund":
+            tally.uncertain.add(o.seq)
+        resp = await self.call(kind, mti, fields, t0)
+        self.to_reverse = None
+        if kind == "refund":
+            tally.uncertain.discard(o.seq)
+        if self.expect(kind, resp):
+            tally.add(o.seq, -amount)
+            self.credits[0] += amount
+            self.credits[1] += 1
+
+    async def preauth(self, t0: float | None) -> None:
+        """A hold, then its completion for at most the held amount."""
+        t, tally = self.term, self.fleet.tally
+        seq, card = self.card()
+        held = self.amount()
+        stan = t.next_stan()
+        mti, fields = rq.preauth(t.ident, card, stan, held, PIN, t.pik)
+        self.to_reverse = (fields, seq, 0)
+        resp = await self.call("preauth", mti, fields, t0)
+        self.to_reverse = None
+        if not self.expect("preauth", resp):
+            return
+        tally.add(seq, held)
+        hold = t.remember("preauth", resp, stan)
+        amount = held - self.rng.randint(0, held // 2)
+        cstan = t.next_stan()
+        mti, fields = rq.completion(t.ident, card, cstan, amount, hold)
+        # A completion's undo leaves the hold's fate to the switch: the card is
+        # uncertain until the completion is answered.
+        tally.uncertain.add(seq)
+        resp = await self.call("completion", mti, fields)
+        tally.uncertain.discard(seq)
+        if self.expect("completion", resp):
+            tally.add(seq, amount - held)
+            self.debits[0] += amount
+            self.debits[1] += 1
+
+    async def reverse_unknown(self) -> None:
+        """Reverse the request whose answer never came (repeat until answered)."""
+        assert self.to_reverse is not None
+        fields, seq, counted = self.to_reverse
+        tally = self.fleet.tally
+        tally.uncertain.add(seq)
+        resp = await self.call("reversal", *rq.reversal(fields, "98"))
+        if self.expect("reversal", resp):
+            tally.uncertain.discard(seq)
+            tally.add(seq, -counted)
+            self.to_reverse = None
+
+    async def settle(self) -> None:
+        t = self.term
+        totals = rq.settlement_totals(self.debits[0], self.debits[1],
+                                      self.credits[0], self.credits[1])  # fmt: skip
+        resp = await self.call("settlement", *rq.settlement(t.ident, t.next_stan(), totals))
+        self.stats.settlements += 1
+        if self.expect("settlement", resp):
+            if resp.msg.settlement_totals().code == 1:
+                self.stats.settlements_balanced += 1
+            else:
+                self.stats.error("settlement: not balanced")
+
+    # -- the terminal's life -----------------------------------------------------
+
+    async def step(self, kind: str, t0: float | None) -> None:
+        if kind == "sale" or self.cfg.ceiling:
+            await self.sale(t0)
+        elif kind == "balance":
+            await self.balance(t0)
+        elif kind in ("void", "refund"):
+            await self.void_or_refund(kind, t0)
+        elif kind == "preauth":
+            await self.preauth(t0)
+        else:
+            await self.sale(t0, then_reverse=True)
+
+    async def main(self) -> None:
+        fleet = self.fleet
+        try:
+            await self.connect()
+        except Exception as exc:
+            self.stats.error(f"sign-on: {type(exc).__name__}: {exc}")
+            fleet.signed_on(False)
+            return
+        fleet.signed_on(True)
+        await fleet.go.wait()
+        stop_at = fleet.stop_at
+        kinds, weights = list(self.cfg.mix), list(self.cfg.mix.values())
+        interval = self.cfg.terminals / self.cfg.rate if self.cfg.rate else 0.0
+        next_t = fleet.window_start + self.rng.random() * interval
+        while True:
+            t0 = None
+            if interval:
+                if next_t >= stop_at:
+                    break
+                delay = next_t - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                # Latency from the scheduled moment: a late start is the system's delay
+                # too (no coordinated omission).
+                t0, next_t = next_t, next_t + interval
+            elif time.perf_counter() >= stop_at:
+                break
+            kind = self.rng.choices(kinds, weights)[0]
+            try:
+                await self.step(kind, t0)
+            except (Unanswered, OSError) as exc:
+                self.failure(f"{kind}: {exc}")
+                if not await self.reconnect(stop_at):
+                    break
+        try:
+            if self.to_reverse is not None:
+                await self.reconnect(stop_at)
+            if self.cfg.settle and not self.cfg.ceiling:
+                await self.settle()
+        except (Unanswered, OSError) as exc:
+            self.failure(f"settlement: {exc}")
+        finally:
+            if self.link is not None:
+                self.link.close()
+
+
+class Fleet:
+    def __init__(self, cfg: FleetConfig, stats: Stats | None = None,
+                 tally: Tally | None = None) -> None:  # fmt: skip
+        self.cfg = cfg
+        self.stats = stats if stats is not None else Stats()
+        self.tally = tally if tally is not None else Tally()
+        self.connect_gate = asyncio.Semaphore(cfg.connect_concurrency)
+        self.stan_rng = random.SystemRandom()
+        self.go = asyncio.Event()
+        self.window_start = 0.0
+        self.stop_at = 0.0
+        self._pending = cfg.terminals
+        self._all_signed_on = asyncio.Event()
+        self.failed_sign_ons = 0
+
+    def signed_on(self, ok: bool) -> None:
+        if not ok:
+            self.failed_sign_ons += 1
+        self._pending -= 1
+        if self._pending <= 0:
+            self._all_signed_on.set()
+
+    async def run(self, on_progress: Callable[[str], None] | None = None) -> Stats:
+        """Sign the fleet on, open the window, run until the duration is over, settle."""
+        raise_fd_limit()
+        workers = [Worker(self, i) for i in range(self.cfg.terminals)]
+        tasks = [asyncio.create_task(w.main()) for w in workers]
+        try:
+            await asyncio.wait_for(self._all_signed_on.wait(), self.cfg.sign_on_timeout)
+        except TimeoutError:
+            self.stats.error("fleet: sign-on did not finish in time")
+        self.window_start = self.stats.window_start = time.perf_counter()
+        self.stop_at = self.window_start + self.cfg.duration
+        self.stats.window_end = self.stop_at
+        self.go.set()
+        reporter = asyncio.create_task(self._progress(on_progress))
+        try:
+            # Bounded: the run, then time for the last answers, reconnects and settlement.
+            _, late = await asyncio.wait(tasks, timeout=self.cfg.duration
+                                         + 3 * self.cfg.timeout + 30)  # fmt: skip
+            for task in late:
+                task.cancel()
+            if late:
+                self.stats.error(f"fleet: {len(late)} terminals did not finish in time")
+                await asyncio.wait(late)
+        finally:
+            reporter.cancel()
+        return self.stats
+
+    async def _progress(self, out: Callable[[str], None] | None) -> None:
+        if out is None:
+            return
+        last_n, last_t = 0, time.perf_counter()
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.perf_counter()
+            n = len(self.stats.latencies)
+            recent = sorted(self.stats.latencies[last_n:])
+            p99 = recent[int(0.99 * (len(recent) - 1))] * 1000 if recent else 0.0
+            out(f"{now - self.window_start:6.1f}s  {(n - last_n) / (now - last_t):8.0f} resp/s"
+                f"  p99 {p99:7.2f} ms  approved sales {self.stats.approved_sales}"
+                f"  errors {sum(self.stats.errors.values())}")  # fmt: skip
+            last_n, last_t = n, now
+
+
+def progress_printer() -> Callable[[str], None]:
+    """A live line on a terminal (rewritten in place), one line per update otherwise."""
+    tty = sys.stderr.isatty()
+
+    def out(line: str) -> None:
+        sys.stderr.write(("\r" + line) if tty else (line + "\n"))
+        sys.stderr.flush()
+
+    return out
+
+
+def install_uvloop() -> None:
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def run_fleet(cfg: FleetConfig, tally: Tally | None = None) -> Stats:
+    """Run one fleet on a fresh uvloop event loop (the CLI entry points' helper)."""
+    import uvloop
+
+    async def go() -> Stats:
+        fleet = Fleet(cfg, tally=tally)
+        return await fleet.run(progress_printer() if cfg.progress else None)
+
+    return uvloop.run(go())
