@@ -215,15 +215,33 @@ def _meta_ok(meta: WireMeta | None) -> bool:
         return True
     if type(meta) is not WireMeta:
         return False
-    t, m, b, n, k, leg, rrn, pan = (meta.terminal_id, meta.merchant_id, meta.batch, meta.stan,
-                                    meta.kind, meta.leg, meta.rrn, meta.masked_pan)
+    t, m, b, n, k, leg, rrn, pan = (
+        meta.terminal_id,
+        meta.merchant_id,
+        meta.batch,
+        meta.stan,
+        meta.kind,
+        meta.leg,
+        meta.rrn,
+        meta.masked_pan,
+    )
     return (
-        type(t) is str and type(m) is str and type(k) is str and type(rrn) is str
-        and type(pan) is str and type(b) is int and type(n) is int and type(leg) is int
-        and 0 < len(t) <= MAX_TEXT_LEN and len(m) <= MAX_TEXT_LEN
-        and 0 < len(k) <= MAX_CODE_LEN and len(rrn) <= MAX_TEXT_LEN
+        type(t) is str
+        and type(m) is str
+        and type(k) is str
+        and type(rrn) is str
+        and type(pan) is str
+        and type(b) is int
+        and type(n) is int
+        and type(leg) is int
+        and 0 < len(t) <= MAX_TEXT_LEN
+        and len(m) <= MAX_TEXT_LEN
+        and 0 < len(k) <= MAX_CODE_LEN
+        and len(rrn) <= MAX_TEXT_LEN
         and len(pan) <= MAX_TEXT_LEN
-        and 0 <= b <= MAX_BATCH and 0 <= n <= 999_999 and 0 <= leg <= 99
+        and 0 <= b <= MAX_BATCH
+        and 0 <= n <= 999_999
+        and 0 <= leg <= 99
     )
 
 
@@ -291,9 +309,14 @@ class _Batch:
                 t = type(op)
                 if t is Transfer:
                     i, di, ci = op.id, op.debit_account_id, op.credit_account_id  # type: ignore[union-attr]
-                    if (type(i) is int and type(di) is int and type(ci) is int
-                            and ID_MIN <= i <= ID_MAX and ID_MIN <= di <= ID_MAX
-                            and ID_MIN <= ci <= ID_MAX):
+                    if (
+                        type(i) is int
+                        and type(di) is int
+                        and type(ci) is int
+                        and ID_MIN <= i <= ID_MAX
+                        and ID_MIN <= di <= ID_MAX
+                        and ID_MIN <= ci <= ID_MAX
+                    ):
                         new_ids.add(i.to_bytes(16, "big"))
                         accts.add(di.to_bytes(16, "big"))
                         accts.add(ci.to_bytes(16, "big"))
@@ -388,9 +411,15 @@ class _Batch:
 
     def _run_one(self, op: Op | ExpireDue) -> Result:
         self.journal = []
-        if (type(op) is Transfer and op.pending is False and op.refund_of is None
-                and type(op.timeout_s) is int and not op.timeout_s
-                and type(op.post_tolerance) is int and not op.post_tolerance):
+        if (
+            type(op) is Transfer
+            and op.pending is False
+            and op.refund_of is None
+            and type(op.timeout_s) is int
+            and not op.timeout_s
+            and type(op.post_tolerance) is int
+            and not op.post_tolerance
+        ):
             # The hot path, without the generic dispatch of _apply_guarded.
             self.candidate = None
             try:
@@ -595,12 +624,18 @@ class _Batch:
         if di == ci:
             return Result(RC.ACCOUNTS_SAME)
         accounts = self.accounts
-        d = (accounts.get(di.to_bytes(16, "big"))
-             if type(di) is int and ID_MIN <= di <= ID_MAX else None)
+        d = (
+            accounts.get(di.to_bytes(16, "big"))
+            if type(di) is int and ID_MIN <= di <= ID_MAX
+            else None
+        )
         if d is None:
             return Result(RC.DEBIT_ACCOUNT_NOT_FOUND)
-        c = (accounts.get(ci.to_bytes(16, "big"))
-             if type(ci) is int and ID_MIN <= ci <= ID_MAX else None)
+        c = (
+            accounts.get(ci.to_bytes(16, "big"))
+            if type(ci) is int and ID_MIN <= ci <= ID_MAX
+            else None
+        )
         if c is None:
             return Result(RC.CREDIT_ACCOUNT_NOT_FOUND)
         if d.closed or c.closed:
@@ -627,13 +662,20 @@ class _Batch:
         self.dirty_accounts[c.id] = c
         x = _Xfer((idb, _POSTED, d.id, c.id, amount, None, None, 0, fp))
         transfers[idb] = x
-        rows.append((idb, _POSTED, d.id, c.id, amount, code, None, None, 0, fp, self.now,
-                     *_meta_cols(meta)))
+        rows.append(
+            (idb, _POSTED, d.id, c.id, amount, code, None, None, 0, fp, self.now, *_meta_cols(meta))
+        )
         return _OK
 
     def _transfer(self, op: Transfer) -> Result:
-        if (op.pending is False and op.refund_of is None and type(op.timeout_s) is int
-                and not op.timeout_s and type(op.post_tolerance) is int and not op.post_tolerance):
+        if (
+            op.pending is False
+            and op.refund_of is None
+            and type(op.timeout_s) is int
+            and not op.timeout_s
+            and type(op.post_tolerance) is int
+            and not op.post_tolerance
+        ):
             return self._posted_fast(op)
         if type(op.id) is not int or not valid_id(op.id):
             return Result(RC.ID_INVALID)
