@@ -21,13 +21,19 @@ LATENCY = Histogram(
     ["command"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+# multiprocess_mode: with several switch workers, connections add up and an
+# HSM is up if any worker reaches it (ignored in a single process).
 POOL_CONNECTIONS = Gauge(
-    "hsm_client_pool_connections", "Open connections to each HSM.", ["hsm"]
+    "hsm_client_pool_connections",
+    "Open connections to each HSM.",
+    ["hsm"],
+    multiprocess_mode="livesum",
 )
 HSM_UP = Gauge(
     "hsm_client_hsm_up",
     "1 when the HSM is in rotation, 0 when it is out (failed or slow).",
     ["hsm"],
+    multiprocess_mode="livemax",
 )
 SERVER_COMMANDS = Counter(
     "hsm_server_commands",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from fastpath.crypto import DesKey
 from fastpath.kinds import Kind
 from hsm.codec import HsmCommandError
 from hsm.pool import HsmUnavailable
@@ -55,21 +56,34 @@ async def terminal(p: Processor, txn: Txn) -> None:
 async def mac(p: Processor, txn: Txn) -> None:
     """A signed-on session and a valid MAC, or A0 with 'sign on again'."""
     assert txn.terminal is not None
-    session = await p.s.store.session(txn.terminal.tid)
-    if session is None:
+    tid = txn.terminal.tid
+    session = await p.s.store.session(tid)
+    key = _mak(p, session.mak_kek) if session is not None else None
+    if key is None or not txn.msg.verify_mac(key):
+        # Our copy may be stale: the terminal may have signed on again
+        # through another worker process. One fresh read settles it.
+        fresh = await p.s.store.session(tid, fresh=True)
+        if fresh is not None and (session is None or fresh.mak_kek != session.mak_kek):
+            session, key = fresh, _mak(p, fresh.mak_kek)
+            if not txn.msg.verify_mac(key):
+                key = None
+        else:
+            key = None
+    if session is None or key is None:
+        if session is not None:
+            metrics.MAC_FAILURES.inc()
         txn.decline(codes.MAC_ERROR)
         txn.processing = 3
         return
-    key = p.macs.get(session.mak_kek)
-    if key is None:
-        key = p.macs[session.mak_kek] = mak_from_store(p.s.kek, session.mak_kek)
     txn.session = session
-    if not txn.msg.verify_mac(key):
-        metrics.MAC_FAILURES.inc()
-        txn.decline(codes.MAC_ERROR)
-        txn.processing = 3
-        return
     txn.mak = key
+
+
+def _mak(p: Processor, mak_kek: str) -> DesKey:
+    key = p.macs.get(mak_kek)
+    if key is None:
+        key = p.macs[mak_kek] = mak_from_store(p.s.kek, mak_kek)
+    return key
 
 
 async def duplicate(p: Processor, txn: Txn) -> None:

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
     run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument(
+        "--workers", type=int, default=1,
+        help="worker processes sharing the terminal ports (SO_REUSEPORT); default 1",
+    )  # fmt: skip
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
 
 
@@ -41,10 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchd: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "run" and args.workers > 1:
+        from switchd.supervisor import run_workers
+
+        return run_workers(cfg, args.config, args.workers)
     if args.command == "run":
         from switchd.daemon import Switch
 
-        switch = Switch(cfg, args.config)
+        switch = Switch(cfg, args.config, worker=args.worker)
 
         async def main_task() -> None:
             async with trio.open_nursery() as nursery:

@@ -64,9 +64,17 @@ def open_database(cfg: Config) -> Database:
 class Switch:
     """A running switch; ``addresses`` are the terminal listeners' (host, port)."""
 
-    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, cfg: Config, config_path: str | None = None, *, worker: bool = False,
+        prepare_only: bool = False,
+    ) -> None:  # fmt: skip
         self.cfg = cfg
         self.config_path = config_path
+        # A worker shares its ports with its siblings (see supervisor.py).
+        self.worker = worker
+        # Only migrations and the demo data, then return: the supervisor does
+        # this once so that workers never race to create the same rows.
+        self.prepare_only = prepare_only
         self.addresses: list[tuple[str, int]] = []
         self.hsm_address: str = ""
         self.listeners: Listeners | None = None
@@ -159,6 +167,8 @@ class Switch:
             if not tmk_lmk:
                 raise ConfigError("demo.tmk_lmk is needed with an external HSM - at `$.demo`")
             await demo.ensure(cfg, st, ledger, hsm, tmk_lmk, pan_key)
+        if self.prepare_only:
+            return
         await st.load()
         journal = Journal(db)
         self.services = Services(
@@ -166,7 +176,9 @@ class Switch:
             kek_zmk_lmk=kek_zmk_lmk, pan_key=pan_key,
         )  # fmt: skip
         self.processor = Processor(self.services)
-        self.listeners = Listeners(cfg, connection_handler(self.processor.handle))
+        self.listeners = Listeners(
+            cfg, connection_handler(self.processor.handle), reuse_port=self.worker
+        )
         async with trio.open_nursery() as background:
             background.start_soon(journal.run)
             background.start_soon(TXN_LOG.run)

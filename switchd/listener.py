@@ -42,12 +42,20 @@ log = logging.getLogger("switchd.listener")
 ACCEPT_BACKOFF_S = 0.1
 OVERLOAD_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
+#: Pending connections the kernel may queue per listener (capped by somaxconn).
+BACKLOG = 4096
+
 ConnectionHandler = Callable[[trio.SocketStream, "Listeners"], Awaitable[None]]
 
 
 class Listeners:
-    def __init__(self, cfg: Config, handler: ConnectionHandler) -> None:
+    def __init__(
+        self, cfg: Config, handler: ConnectionHandler, *, reuse_port: bool = False
+    ) -> None:
         self.cfg = cfg
+        # Several worker processes share each port (SO_REUSEPORT): the kernel
+        # spreads new connections over them.
+        self.reuse_port = reuse_port
         self.handler = handler
         self.active = 0
         self.draining = False
@@ -61,7 +69,12 @@ class Listeners:
     ) -> None:
         listeners: list[trio.SocketListener] = []
         for spec in self.cfg.listeners:
-            listeners.extend(await trio.open_tcp_listeners(spec.port, host=spec.host, backlog=4096))
+            if self.reuse_port:
+                listeners.append(await _reuse_port_listener(spec.host, spec.port))
+            else:
+                listeners.extend(
+                    await trio.open_tcp_listeners(spec.port, host=spec.host, backlog=BACKLOG)
+                )
         for lst in listeners:
             host, port = lst.socket.getsockname()[:2]
             self.addresses.append((host, port))
@@ -112,3 +125,18 @@ class Listeners:
         self._accept_scope.cancel()
         for scope in list(self.idle_scopes):
             scope.cancel()
+
+
+async def _reuse_port_listener(host: str, port: int) -> trio.SocketListener:
+    info = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    family, type_, proto, _, addr = info[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind(addr)
+        sock.listen(BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)

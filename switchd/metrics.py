@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-CONNECTIONS = Gauge("switchd_terminal_connections", "Terminal connections open now.")
+# Gauges say how they add up across worker processes (prometheus_client's
+# multiprocess mode, used by `switchd run --workers N`; ignored otherwise).
+CONNECTIONS = Gauge(
+    "switchd_terminal_connections", "Terminal connections open now.", multiprocess_mode="livesum"
+)
 CONNECTIONS_ACCEPTED = Counter(
     "switchd_terminal_connections_accepted", "Terminal connections accepted."
 )
@@ -26,4 +30,6 @@ TRANSACTION_SECONDS = Histogram(
     ["kind"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
-IN_FLIGHT = Gauge("switchd_transactions_in_flight", "Requests being processed now.")
+IN_FLIGHT = Gauge(
+    "switchd_transactions_in_flight", "Requests being processed now.", multiprocess_mode="livesum"
+)

@@ -261,8 +261,10 @@ class Store:
 
     # -- sessions ---------------------------------------------------------
 
-    async def session(self, tid: str) -> Session | None:
-        s = self.sessions.get(tid)
+    async def session(self, tid: str, *, fresh: bool = False) -> Session | None:
+        """The terminal's session; ``fresh`` re-reads the database (another
+        worker process may have signed the terminal on since we cached it)."""
+        s = None if fresh else self.sessions.get(tid)
         if s is None:
             row = await self.db.fetchone(
                 "SELECT tid, pik_lmk, mak_kek, tdk_lmk, netcode, signed_on_at FROM sessions"

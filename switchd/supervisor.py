@@ -1,0 +1,121 @@
+"""``switchd run --workers N``: N worker processes behind the same ports.
+
+Each worker is a whole switch (listeners, HSM pool or embedded HSM, ledger
+writer, admin listener) whose terminal sockets are bound with SO_REUSEPORT,
+so the kernel spreads new connections over the workers and one Python
+process per core does the work. What they share lives in the databases: the
+ledger (correct with several writers: SQLite serialises them on its file
+lock, PostgreSQL with row locks), the terminals' session keys (a worker that
+meets a terminal signed on elsewhere loads its keys from the switch
+database), the reference data. Metrics use prometheus_client's multiprocess
+mode, so any worker's /metrics shows the sum over all of them.
+
+The supervisor prepares the databases once (migrations, demo data), starts
+the workers, restarts one that dies (with backoff, after marking its metric
+files dead) and forwards SIGTERM (drain and exit), SIGINT and SIGHUP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from switchd.config import Config
+
+log = logging.getLogger("switchd.supervisor")
+
+#: Restart backoff for a worker that keeps dying: doubles up to the maximum.
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
+#: How long workers get to drain after SIGTERM before they are killed.
+DRAIN_TIMEOUT_S = 60.0
+POLL_S = 0.2
+
+
+def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
+    from switchd.daemon import Switch
+
+    if any(lst.port == 0 for lst in cfg.listeners):
+        print("switchd: --workers needs fixed listener ports (port 0 cannot be shared)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    trio.run(Switch(cfg, config_path, prepare_only=True).run)
+    metrics_dir = Path(cfg.data_dir) / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    argv = [sys.executable, "-m", "switchd.cli", "run", "--worker"]
+    if config_path is not None:
+        argv += ["--config", config_path]
+
+    stopping = {"signal": 0}
+    forwarded: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            forwarded.append(signum)
+        else:
+            stopping["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+    procs: list[subprocess.Popen[bytes] | None] = [None] * workers
+    backoff = [RESTART_MIN_S] * workers
+    next_start = [0.0] * workers
+    for host_port in cfg.listeners:
+        print(f"switchd: terminals on {host_port.host}:{host_port.port} ({workers} workers)",
+              flush=True)  # fmt: skip
+    while not stopping["signal"]:
+        now = time.monotonic()
+        for i, proc in enumerate(procs):
+            if proc is not None and proc.poll() is not None:
+                log.error("worker %d (pid %d) exited with %s; restarting", i, proc.pid,
+                          proc.returncode)  # fmt: skip
+                _mark_dead(proc.pid)
+                procs[i] = None
+                next_start[i] = now + backoff[i]
+                backoff[i] = min(backoff[i] * 2, RESTART_MAX_S)
+            if procs[i] is None and now >= next_start[i]:
+                procs[i] = subprocess.Popen(argv, env={**env, "SWITCHD_WORKER": str(i)})
+                log.info("worker %d started (pid %d)", i, procs[i].pid)  # type: ignore[union-attr]
+        while forwarded:
+            sig = forwarded.pop()
+            for proc in procs:
+                if proc is not None:
+                    proc.send_signal(sig)
+        time.sleep(POLL_S)
+
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    code = 0
+    for proc in procs:
+        if proc is None:
+            continue
+        try:
+            rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        code = code or (rc if rc > 0 else 0)
+    return code
+
+
+def _mark_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges from the aggregate."""
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+    except Exception:  # the directory may not be set up in tests
+        pass

@@ -1,0 +1,97 @@
+"""`switchd run --workers 2`: shared port, shared keys and ledger, a dead worker restarted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from fastpath import requests as rq
+from switchd.config import load
+from switchd.daemon import ledger_config
+from switchd.demo import demo_pan
+from switchd.ledger import card_account_id, open_ledger
+
+from .conftest import Conn, connect_to
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: Path) -> None:
+    port = free_port()
+    cfg_path = tmp_path / "switchd.toml"
+    cfg_path.write_text(
+        f'data_dir = "{tmp_path / "var"}"\n[[listeners]]\nport = {port}\n'
+        "[demo]\nterminals_per_merchant = 20\ncards = 40\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "switchd.cli", "run", "--workers", "2", "--config", str(cfg_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        addr = ("127.0.0.1", port)
+        with trio.fail_after(60):
+            while len(worker_pids(proc.pid)) < 2:
+                await trio.sleep(0.2)
+            while True:  # until a worker listens
+                try:
+                    (await trio.open_tcp_stream(*addr)).socket.close()
+                    break
+                except OSError:
+                    await trio.sleep(0.2)
+        terms: list[Conn] = []
+        for i in range(8):
+            c = await connect_to(addr, f"{10000001 + i}", "898100012340001")
+            await c.sign_on()
+            terms.append(c)
+
+        async def sales(c: Conn, seq: int, n: int) -> int:
+            approved = 0
+            t = c.term
+            for _ in range(n):
+                r = await c.call(t.frame(*rq.sale(t.ident, rq.Card(demo_pan(seq), "3012"),
+                                                  t.next_stan(), 1_00)))  # fmt: skip
+                approved += r.rc == "00"
+            return approved
+
+        total = 0
+        for i, c in enumerate(terms):
+            total += await sales(c, 4 + i, 3)
+        assert total == 24
+        victim = worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        with trio.fail_after(30):
+            while victim in worker_pids(proc.pid) or len(worker_pids(proc.pid)) < 2:
+                await trio.sleep(0.2)
+        # Every terminal reconnects (some were on the dead worker) and goes on
+        # with the keys of its earlier sign-on, whichever worker it lands on.
+        for i, c in enumerate(terms):
+            fresh = await connect_to(addr, c.term.tid, c.term.mid)
+            fresh.term = c.term
+            total += await sales(fresh, 4 + i, 2)
+        assert total == 24 + 16
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    async with open_ledger(ledger_config(load(cfg_path))) as ledger:
+        spent = 0
+        for i in range(8):
+            acct = await ledger.account(card_account_id(demo_pan(4 + i), b"demo-pan-hash-key"))
+            assert acct is not None
+            spent += 100_000_00 - acct.available
+        assert spent == 40 * 1_00
+        assert await ledger.audit() == []
