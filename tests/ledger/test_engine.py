@@ -18,9 +18,12 @@ from switchd.ledger import (
     CreateAccount,
     LedgerClosed,
     LedgerConfig,
+    PostPending,
     Result,
     ResultCode,
+    Reverse,
     Transfer,
+    VoidPending,
     open_ledger,
 )
 from switchd.ledger import postgres_backend as pgb
@@ -277,3 +280,55 @@ def test_config_is_validated() -> None:
         msgspec.toml.decode(b"max_batch = 0", type=LedgerConfig)
     with pytest.raises(msgspec.ValidationError, match=r"\$\.postgres"):
         msgspec.toml.decode(b"[postgres]\nbogus = 1", type=LedgerConfig)
+
+
+async def test_postgres_two_writers_mixed_operations(tmp_path: Path) -> None:
+    """Holds, posts, voids, reversals and refunds on shared rows from two writers.
+
+    Each post/void/reverse/refund targets a transfer that both nodes may be
+    resolving at once; the ledger must stay consistent, without deadlocks or
+    lost updates, and each referenced transfer is resolved at most once.
+    """
+    gen = make_config("postgres", tmp_path)
+    config = next(gen)
+    try:
+        rng = random.Random(11)
+        async with open_ledger(config) as a, open_ledger(config) as b:
+            chart = await make_chart(a, funds=0)
+            cards = await _create_cards(a, 10, 50_000, chart.suspense)
+            base = [Transfer(9_000_000 + i, rng.choice(cards), chart.merchant,
+                             rng.randint(1, 500), "sale", pending=(i % 2 == 0))
+                    for i in range(300)]
+            assert all(r.ok for r in await a.submit(base))
+            ops = []
+            for i, original in enumerate(base):
+                for node in range(2):  # two competing resolutions of each transfer
+                    new_id = 9_100_000 + 10 * i + node
+                    if original.pending:
+                        ops.append(rng.choice([PostPending(new_id, original.id),
+                                               VoidPending(new_id, original.id)]))
+                    else:
+                        ops.append(rng.choice([
+                            Reverse(new_id, original.id),
+                            Transfer(new_id, chart.merchant, original.debit_account_id,
+                                     original.amount, "refund", refund_of=original.id)]))
+            rng.shuffle(ops)
+            results: list[tuple[object, Result]] = []
+
+            async def one(ledger, op) -> None:  # type: ignore[no-untyped-def]
+                results.append((op, await ledger.execute(op)))
+
+            async with trio.open_nursery() as nursery:
+                for k, op in enumerate(ops):
+                    nursery.start_soon(one, a if k % 2 else b, op)
+            resolved: dict[int, int] = {}
+            for op, result in results:
+                target = getattr(op, "pending_id", None) or getattr(op, "original_id", None) \
+                    or op.refund_of  # type: ignore[attr-defined]
+                if result.ok:
+                    resolved[target] = resolved.get(target, 0) + 1
+            assert all(count == 1 for count in resolved.values())
+            assert len(resolved) == len(base)  # each one resolved by exactly one node
+            assert await b.audit() == []
+    finally:
+        gen.close()
