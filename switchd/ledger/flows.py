@@ -109,7 +109,9 @@ def undo(req: Request, kind: str, original: Sequence[TransferRecord]) -> list[Op
 
     `kind` is "void" (sale void), "completion_void", or "reversal" (0400);
     `original` is `Ledger.request_transfers(...)` of the request undone.
-    Posted legs are reversed, a hold is voided. With no original on record
+    Posted legs are reversed, a hold is voided. A void leg (a pre-auth cancel)
+    cannot be undone: the hold stays released, as in TigerBeetle; reversing
+    a completion does not restore its hold either. With no original on record
     (a 0400 that overtook its original) use `undo_missing` instead.
     """
     ops: list[Op] = []
