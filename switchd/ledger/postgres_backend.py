@@ -36,6 +36,7 @@ so all of this is the blocking API, called from worker threads.
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +53,7 @@ from .model import CommitFailed, Result
 from .queries import Dialect
 
 T = TypeVar("T")
+log = logging.getLogger("switchd.ledger")
 
 #: Races with another process that a fresh attempt resolves.
 _RETRYABLE = (
@@ -261,6 +263,12 @@ class PostgresBackend:
                     (version, description, int(time.time() * 1e6)),
                 )
             conn.commit()
+            fsync = conn.execute("SHOW fsync").fetchone()
+            conn.rollback()
+        if fsync and fsync[0] != "on":
+            # synchronous_commit=on means nothing if the server never flushes.
+            log.warning("ledger: PostgreSQL runs with fsync=%s: commits are not durable",
+                        fsync[0])
 
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
         assert self.pool is not None, "backend not open"
