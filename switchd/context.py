@@ -16,6 +16,7 @@ class Txn:
 
     __slots__ = (
         "amount",
+        "auth",
         "batch",
         "card",
         "claimed",
@@ -30,6 +31,7 @@ class Txn:
         "processing",
         "rc",
         "replay",
+        "rrn",
         "session",
         "stan",
         "started",
@@ -55,6 +57,8 @@ class Txn:
         self.batch = _int(msg.batch)
         self.stan = _int(msg.stan)
         self.digest = ""
+        self.rrn = ""  # derived once (see Processor.rrn)
+        self.auth = ""
         # The duplicate key this request holds while it runs (released after the answer).
         self.claimed: tuple[str, int, int, bool] | None = None
 

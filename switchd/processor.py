@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -49,6 +50,9 @@ class Processor:
         # Requests in progress by duplicate key: a retransmission that
         # overtakes its original waits for it instead of running twice.
         self.in_progress: dict[tuple[str, int, int, bool], trio.Event] = {}
+        # Labelled metric children, looked up once (labels() costs a lock and a hash).
+        self._counters: dict[tuple[Kind, str], Any] = {}
+        self._timers: dict[Kind, Any] = {}
         # Session MAKs as DesKeys (key schedule built once), by their stored form.
         self.macs: dict[str, DesKey] = {}
         from switchd import flows  # the participant lists, which import this module's helpers
@@ -198,16 +202,30 @@ class Processor:
 
     def _account(self, txn: Txn, rc: str) -> None:
         elapsed = time.perf_counter() - txn.started
-        kind = txn.kind.name.lower()
-        metrics.TRANSACTIONS.labels(kind, rc).inc()
-        metrics.TRANSACTION_SECONDS.labels(kind).observe(elapsed)
+        counter = self._counters.get((txn.kind, rc))
+        if counter is None:
+            counter = self._counters[(txn.kind, rc)] = metrics.TRANSACTIONS.labels(
+                txn.kind.name.lower(), rc
+            )
+        counter.inc()
+        timer = self._timers.get(txn.kind)
+        if timer is None:
+            timer = self._timers[txn.kind] = metrics.TRANSACTION_SECONDS.labels(
+                txn.kind.name.lower()
+            )
+        timer.observe(elapsed)
         log_txn(txn, rc, elapsed)
 
     # -- derived values ---------------------------------------------------
 
     def rrn(self, txn: Txn) -> str:
-        tid = txn.msg.tid or ""
-        return derived_digits(12, "rrn", tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
+        """Derived from TID + batch + STAN: a retried request gets the same RRN."""
+        if not txn.rrn:
+            tid = txn.msg.tid or ""
+            txn.rrn = derived_digits(12, "rrn", tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
+        return txn.rrn
 
     def auth_code(self, txn: Txn) -> str:
-        return derived_digits(6, "auth", txn.msg.tid or "", txn.batch, txn.stan)
+        if not txn.auth:
+            txn.auth = derived_digits(6, "auth", txn.msg.tid or "", txn.batch, txn.stan)
+        return txn.auth

@@ -267,8 +267,7 @@ class PostgresBackend:
             conn.rollback()
         if fsync and fsync[0] != "on":
             # synchronous_commit=on means nothing if the server never flushes.
-            log.warning("ledger: PostgreSQL runs with fsync=%s: commits are not durable",
-                        fsync[0])
+            log.warning("ledger: PostgreSQL runs with fsync=%s: commits are not durable", fsync[0])
 
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
         assert self.pool is not None, "backend not open"
