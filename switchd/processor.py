@@ -140,7 +140,10 @@ class Processor:
             frame = build_response(msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo)
             rc = codes.SYSTEM_MALFUNCTION
         self._account(txn, rc)
-        if txn.terminal is not None and txn.kind is not Kind.SIGN_ON:
+        if txn.claimed is not None:
+            # Only requests that passed the MAC and claimed their duplicate key
+            # are journaled: an A0 kept under a STAN would be replayed to the
+            # terminal's honest retry after it signs on again.
             self.s.record_later(self._entry(txn, rc, frame))
         return frame
 

@@ -293,3 +293,18 @@ async def test_split_and_coalesced_frames(switch: Switch) -> None:
     await c.send(b"".join(t.frame(*rq.echo_test(t.ident, t.next_stan())) for _ in range(50)))
     answers = [await c.recv() for _ in range(50)]
     assert {a.rc for a in answers} == {"00"}
+
+
+async def test_a_request_refused_for_its_mac_can_be_retried_after_sign_on(switch: Switch) -> None:
+    c = await signed_on(switch, "10000009")
+    t = c.term
+    stan = t.next_stan()
+    mti, fields = rq.sale(t.ident, card(24), stan, 2_00)
+    frame = bytearray(t.frame(mti, fields))
+    frame[-2] ^= 0x20
+    r = await c.call(bytes(frame))
+    assert r.rc == "A0"
+    await c.sign_on()
+    r = await c.call(t.frame(mti, fields))  # same STAN, same content, good MAC
+    assert r.rc == "00"
+    assert await available(switch, 24) == 100_000_00 - 2_00
