@@ -1,0 +1,395 @@
+"""Soak: the fleet's mix for a long run while misbehaving clients and an HSM cut hit the switch.
+
+    python -m bench.load --soak 10m [--terminals 100] [--rate STEPS_PER_S] [--json]
+
+Starts the software HSM as its own process and a fresh switch (demo data,
+SQLite ledger) whose ``[hsm]`` points at it (``embedded = false``; the KEK
+and demo TMK under the LMK are computed once here, as a key ceremony
+would). Then, all at once, for the duration:
+
+- the fleet: ``--terminals`` well-behaved terminals running the default mix;
+  answers 91/96/98 and lost answers are *tolerated* (counted apart) since
+  the HSM is cut on purpose, and every lost answer is reversed as a
+  terminal does; anything else unexpected is an error;
+- garbage: connections sending random bodies, impossible lengths, bad TPDUs;
+- wrong MACs: a signed-on terminal whose sales carry a corrupted MAC, which
+  must each be answered A0 and move no money;
+- stalls: batches of connections that send half a frame and stop; the
+  switch must close each within its frame timeout;
+- storms: thousands of connects and disconnects in a burst;
+- the HSM process is SIGKILLed at 30 % of the run and started again on the
+  same port some seconds later.
+
+At the end: the switch must still serve (sign-on and a PIN-verified
+balance inquiry), its memory is reported over time, it is stopped
+(SIGTERM, must exit 0), and the ledger is opened read-only: every card's
+available balance must equal 100,000.00 minus what the fleet saw approved
+for it (cards with an unresolved outcome are listed apart), and the
+ledger's own audit must be clean. Exit code 0 only when all of this holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procs
+from bench.fleet import (
+    EXPIRY,
+    PIN,
+    START_BALANCE,
+    Fleet,
+    FleetConfig,
+    Link,
+    Tally,
+    Unanswered,
+    Worker,
+    raise_fd_limit,
+)  # fmt: skip
+from bench.sim import Terminal
+from bench.stats import format_summary
+from fastpath import requests as rq
+from switchd.config import Config
+from switchd.demo import demo_pan
+from switchd.ledger import card_account_id
+from switchd.ledger import queries as lq
+
+CARDS = 10_000
+#: First fleet index of the misbehaving clients: the second merchant's terminals.
+ROGUE_FIRST = 5000
+STALL_BATCH = 50
+STALL_EVERY_S = 10.0
+STORM_SIZE = 3000
+FRAME_TIMEOUT_S = Config().terminals.frame_timeout_s
+HSM_DOWN_S = 10.0
+
+
+@dataclass
+class Findings:
+    garbage: Counter[str] = field(default_factory=Counter)
+    wrong_mac: Counter[str] = field(default_factory=Counter)
+    stalls: Counter[str] = field(default_factory=Counter)
+    stall_close_s: list[float] = field(default_factory=list)
+    storms: Counter[str] = field(default_factory=Counter)
+    hsm: list[str] = field(default_factory=list)
+    memory: list[tuple[float, float]] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.duration = float(args.soak)
+        self.found = Findings()
+        self.hsm_port = free_port()
+        self.hsm: procs.Proc | None = None
+        self.switch: procs.Proc | None = None
+        self.end = 0.0
+
+    def running(self) -> bool:
+        return time.monotonic() < self.end
+
+    async def connect(self) -> Link:
+        loop = asyncio.get_running_loop()
+        _, link = await asyncio.wait_for(
+            loop.create_connection(Link, "127.0.0.1", self.switch.port), 10  # type: ignore[union-attr]
+        )
+        return link
+
+    # -- misbehaving clients -------------------------------------------------------
+
+    async def garbage(self) -> None:
+        """Frames the switch cannot use; it must answer or close, and keep serving."""
+        rng = os.urandom
+        kinds = ("random body", "too long", "too short", "bad TPDU", "bad bitmap")
+        i = 0
+        while self.running():
+            kind = kinds[i % len(kinds)]
+            i += 1
+            if kind == "random body":
+                body = rng(60)
+                data = len(body).to_bytes(2, "big") + body
+            elif kind == "too long":
+                data = b"\xff\xff" + rng(100)
+            elif kind == "too short":
+                data = b"\x00\x05" + rng(5)
+            elif kind == "bad TPDU":
+                body = b"\x99" + rng(4) + rq.DEFAULT_HEADER + b"\x02\x00" + rng(30)
+                data = len(body).to_bytes(2, "big") + body
+            else:
+                body = rq.DEFAULT_TPDU + rq.DEFAULT_HEADER + b"\x02\x00" + b"\xff" * 8 + rng(20)
+                data = len(body).to_bytes(2, "big") + body
+            try:
+                link = await self.connect()
+                link.send(data)
+                try:
+                    await link.recv(5)
+                    self.found.garbage[f"{kind}: answered"] += 1
+                except Unanswered as exc:
+                    self.found.garbage[f"{kind}: {exc}"] += 1
+                link.close()
+            except (OSError, TimeoutError) as exc:
+                self.found.garbage[f"{kind}: connect {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.05)
+
+    async def wrong_macs(self, fleet: Fleet) -> None:
+        """A signed-on terminal whose sales carry a bad MAC: A0 each time, no money moved."""
+        w = Worker(fleet, ROGUE_FIRST)
+        while self.running():
+            try:
+                if w.link is None or w.link.closed or w.term.mak is None:
+                    await w.connect()
+                t = w.term
+                _, card = w.card()
+                frame = bytearray(t.frame(*rq.sale(t.ident, card, t.next_stan(), 5_00, PIN, t.pik)))
+                frame[-1] ^= 0x01
+                w.link.send(bytes(frame))  # type: ignore[union-attr]
+                resp = t.read(await w.link.recv(10))  # type: ignore[union-attr]
+                self.found.wrong_mac[f"rc {resp.rc}"] += 1
+                if resp.rc != "A0":
+                    self.found.errors[f"wrong MAC answered {resp.rc}, not A0"] += 1
+                t.mak = None  # A0 asks to sign on again: do so
+            except Exception as exc:
+                self.found.wrong_mac[f"{type(exc).__name__}"] += 1
+                w.link = None
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(0.1)
+        if w.link is not None:
+            w.link.close()
+
+    async def stalls(self) -> None:
+        """Batches of half-sent frames: the switch must close each in its frame timeout."""
+        frame = Terminal("20000999", "898100012340002").sign_on_frame()
+        pending: list[asyncio.Task[None]] = []
+
+        async def one() -> None:
+            try:
+                link = await self.connect()
+            except (OSError, TimeoutError) as exc:
+                self.found.stalls[f"connect {type(exc).__name__}"] += 1
+                return
+            t0 = time.monotonic()
+            link.send(frame[: len(frame) // 2])
+            try:
+                await link.recv(FRAME_TIMEOUT_S + 15)
+                self.found.stalls["answered a half frame"] += 1
+                self.found.errors["switch answered a half frame"] += 1
+            except Unanswered as exc:
+                if str(exc) == "timeout":
+                    self.found.stalls["not closed in frame timeout + 15 s"] += 1
+                    self.found.errors["stalled connection not closed"] += 1
+                else:
+                    self.found.stalls["closed by the switch"] += 1
+                    self.found.stall_close_s.append(time.monotonic() - t0)
+            link.close()
+
+        while time.monotonic() < self.end - FRAME_TIMEOUT_S - 20:
+            pending += [asyncio.create_task(one()) for _ in range(STALL_BATCH)]
+            await asyncio.sleep(STALL_EVERY_S)
+        if pending:
+            await asyncio.wait(pending, timeout=FRAME_TIMEOUT_S + 30)
+
+    async def storms(self) -> None:
+        """Bursts of connects and immediate disconnects."""
+        gate = asyncio.Semaphore(500)
+
+        async def one() -> None:
+            async with gate:
+                try:
+                    link = await self.connect()
+                    self.found.storms["connected"] += 1
+                    link.close()
+                except (OSError, TimeoutError) as exc:
+                    self.found.storms[type(exc).__name__] += 1
+
+        at = 0.15
+        while at < 0.9:
+            await self._sleep_until(at)
+            if not self.running():
+                return
+            await asyncio.gather(*(one() for _ in range(STORM_SIZE)))
+            self.found.storms["bursts"] += 1
+            at += 0.2
+
+    async def hsm_cut(self) -> None:
+        await self._sleep_until(0.3)
+        assert self.hsm is not None
+        self.hsm.kill()
+        t = time.monotonic() - self.start
+        self.found.hsm.append(f"HSM killed at {t:.0f} s")
+        await asyncio.sleep(HSM_DOWN_S)
+        self.hsm = await asyncio.to_thread(procs.start_hsm, self.hsm_port,
+                                           self.work / "hsm.log")  # fmt: skip
+        self.found.hsm.append(f"HSM restarted at {time.monotonic() - self.start:.0f} s")
+
+    async def memory(self) -> None:
+        while self.running():
+            assert self.switch is not None
+            self.found.memory.append((round(time.monotonic() - self.start, 1),
+                                      round(self.switch.rss() / 2**20, 1)))  # fmt: skip
+            await asyncio.sleep(5)
+
+    async def _sleep_until(self, fraction: float) -> None:
+        delay = self.start + fraction * self.duration - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def still_serves(self, fleet: Fleet) -> dict[str, object]:
+        w = Worker(fleet, ROGUE_FIRST + 1)
+        try:
+            await w.connect()
+            t = w.term
+            card = rq.Card(demo_pan(4), EXPIRY)
+            w.link.send(t.frame(*rq.balance(t.ident, card, t.next_stan(), PIN, t.pik)))  # type: ignore[union-attr]
+            resp = t.read(await w.link.recv(10))  # type: ignore[union-attr]
+            return {"sign_on": "00", "balance_rc": resp.rc, "mac_ok": resp.mac_ok}
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if w.link is not None:
+                w.link.close()
+
+    async def run(self, fleet_cfg: FleetConfig, tally: Tally) -> dict[str, object]:
+        fleet = Fleet(fleet_cfg, tally=tally)
+        fleet_task = asyncio.create_task(fleet.run(None))
+        await fleet.go.wait()  # the fleet has signed on: the faults start now
+        self.start = time.monotonic()
+        self.end = self.start + self.duration
+        side = [asyncio.create_task(c) for c in (
+            self.garbage(), self.wrong_macs(fleet), self.stalls(), self.storms(),
+            self.hsm_cut(), self.memory(),
+        )]  # fmt: skip
+        progress = asyncio.create_task(self._progress(fleet))
+        stats = await fleet_task
+        progress.cancel()
+        await asyncio.wait(side, timeout=FRAME_TIMEOUT_S + 60)
+        for task in side:
+            if not task.done():
+                task.cancel()
+                self.found.errors[f"side task did not end: {task.get_coro().__name__}"] += 1
+            elif task.exception() is not None:
+                self.found.errors[f"side task failed: {task.exception()!r}"] += 1
+        serves = await self.still_serves(fleet)
+        return {"fleet": stats.summary(), "still_serves": serves}
+
+    async def _progress(self, fleet: Fleet) -> None:
+        if self.args.quiet:
+            return
+        while True:
+            await asyncio.sleep(10)
+            s = fleet.stats
+            mem = self.found.memory[-1][1] if self.found.memory else 0
+            print(f"soak {time.monotonic() - self.start:6.0f}s  responses {len(s.latencies)}"
+                  f"  errors {sum(s.errors.values()) + sum(self.found.errors.values())}"
+                  f"  tolerated {sum(s.tolerated.values())}  switch RSS {mem} MB",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+
+def check_ledger(ledger_path: Path, tally: Tally, cards: int) -> dict[str, object]:
+    """Every card's available balance against the fleet's tally; the ledger's audit."""
+    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    d = lq.Dialect("sqlite")
+    pan_key = Config().security.pan_key.encode()
+    mismatched: list[dict[str, object]] = []
+    checked = 0
+    try:
+        for seq in range(4, cards + 1):
+            if seq in tally.uncertain:
+                continue
+            acct = lq.get_account(conn, d, card_account_id(demo_pan(seq), pan_key))
+            want = START_BALANCE - tally.net.get(seq, 0)
+            checked += 1
+            if acct is None or acct.available != want:
+                mismatched.append({"card_seq": seq, "ledger": acct.available if acct else None,
+                                   "expected": want})  # fmt: skip
+        audit = lq.audit(conn, d)
+    finally:
+        conn.close()
+    return {
+        "cards_checked": checked, "cards_uncertain": sorted(tally.uncertain),
+        "cards_moved": sum(1 for v in tally.net.values() if v),
+        "net_approved": sum(tally.net.values()),
+        "mismatched": mismatched[:50], "mismatched_count": len(mismatched),
+        "audit_problems": audit[:20],
+    }  # fmt: skip
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    import uvloop
+
+    raise_fd_limit()
+    work = Path(tempfile.mkdtemp(prefix="switchd-soak-"))
+    soak = Soak(args, work)
+    say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    say(f"soak: {soak.duration:.0f} s, {args.terminals} terminals; work directory {work}")
+    soak.hsm = procs.start_hsm(soak.hsm_port, work / "hsm.log")
+    conf = procs.write_switch_config(work / "var", cards=CARDS, hsm_port=soak.hsm_port)
+    soak.switch = procs.start_switch(conf, work / "switch.log")
+    say(f"soak: switch on port {soak.switch.port}, HSM on port {soak.hsm_port}")
+    tally = Tally()
+    cfg = FleetConfig(
+        port=soak.switch.port, terminals=args.terminals, duration=soak.duration, rate=args.rate,
+        cards=(4, CARDS), timeout=args.timeout, progress=False,
+        tolerate=frozenset({"91", "96", "98"}), tolerate_failures=True,
+    )  # fmt: skip
+    try:
+        result = uvloop.run(soak.run(cfg, tally))
+    finally:
+        exit_code = soak.switch.stop(60)
+        if soak.hsm is not None:
+            soak.hsm.stop(5)
+    result["switch_exit_code"] = exit_code
+    result["ledger"] = check_ledger(work / "var" / "ledger.sqlite", tally, CARDS)
+    f = soak.found
+    mem = [m for _, m in f.memory]
+    result["memory_mb"] = {
+        "first": mem[0] if mem else None, "max": max(mem) if mem else None,
+        "last": mem[-1] if mem else None,
+        "series": f.memory[:: max(1, len(f.memory) // 40)],
+    }  # fmt: skip
+    result["misbehaving"] = {
+        "garbage": dict(f.garbage), "wrong_mac": dict(f.wrong_mac), "stalls": dict(f.stalls),
+        "stall_close_s_max": round(max(f.stall_close_s), 1) if f.stall_close_s else None,
+        "storms": dict(f.storms), "hsm": f.hsm,
+    }  # fmt: skip
+    result["errors"] = dict(f.errors)
+    result["work_dir"] = str(work)
+    ledger = result["ledger"]
+    serves = result["still_serves"]
+    ok = (
+        not f.errors and not result["fleet"]["errors"]  # type: ignore[index]
+        and exit_code == 0 and serves.get("balance_rc") == "00"  # type: ignore[union-attr]
+        and not ledger["mismatched_count"] and not ledger["audit_problems"]  # type: ignore[index]
+    )
+    result["ok"] = ok
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_summary(result["fleet"]))  # type: ignore[arg-type]
+        for key in ("still_serves", "switch_exit_code", "memory_mb", "misbehaving", "ledger",
+                    "errors"):  # fmt: skip
+            value = result[key]
+            if key == "memory_mb":
+                value = {k: v for k, v in value.items() if k != "series"}  # type: ignore[union-attr]
+            print(f"{key}: {value}")
+        print("soak: OK" if ok else "soak: FAILED")
+    return 0 if ok else 1

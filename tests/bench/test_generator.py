@@ -1,0 +1,117 @@
+"""The generator against a real switch: one-shot terminal, a short fleet, the e2e smoke.
+
+The switch runs as ``switchd run --config`` in a subprocess (small demo
+data, fresh data directory, port 0), as the benchmarks run it, so the
+asyncio/uvloop generator and the trio switch each have their own process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import procs, terminal
+from bench.fleet import FleetConfig, Tally, run_fleet
+
+PER_MERCHANT = 20
+CARDS = 40
+
+
+@pytest.fixture(scope="module")
+def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
+    work = tmp_path_factory.mktemp("switch")
+    conf = procs.write_switch_config(work / "var", terminals_per_merchant=PER_MERCHANT,
+                                     cards=CARDS)  # fmt: skip
+    proc = procs.start_switch(conf, work / "switch.log")
+    yield proc
+    assert proc.stop() == 0  # drains and exits cleanly
+
+
+def one_shot(switch: procs.Proc, kind: str, tid: str, capsys: pytest.CaptureFixture[str],
+             *extra: str) -> dict:  # fmt: skip
+    rc = terminal.main([kind, "--port", str(switch.port), "--tid", tid, "--json", *extra])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == (0 if out["ok"] else 1)
+    return out
+
+
+def test_one_shot_sale(switch: procs.Proc, capsys: pytest.CaptureFixture[str]) -> None:
+    out = one_shot(switch, "sale", "10000001", capsys, "--card", "5", "--amount", "1234")
+    assert out["ok"]
+    sign_on, sale = out["answers"]
+    assert sign_on["rc"] == "00" and sign_on["mac_ok"]
+    assert sale["mti"] == "0210" and sale["rc"] == "00" and sale["mac_ok"]
+    assert sale["fields"]["4"] == "000000001234"
+    text = json.dumps(out)
+    assert "6228480000000000" not in text  # no full PAN; track and PIN block only as lengths
+
+
+def test_one_shot_void(switch: procs.Proc, capsys: pytest.CaptureFixture[str]) -> None:
+    out = one_shot(switch, "void", "10000002", capsys, "--card", "6")
+    assert out["ok"]
+    assert [a["step"] for a in out["answers"]] == ["sign-on", "sale", "void"]
+    assert all(a["rc"] == "00" and a["mac_ok"] for a in out["answers"])
+
+
+def test_one_shot_refused_terminal(switch: procs.Proc, capsys: pytest.CaptureFixture[str]) -> None:
+    out = one_shot(switch, "sale", "99999999", capsys)
+    assert not out["ok"]
+    assert out["answers"][0]["rc"] == "97"
+
+
+def test_short_fleet_has_no_errors(switch: procs.Proc) -> None:
+    tally = Tally()
+    cfg = FleetConfig(port=switch.port, terminals=8, duration=2.5, first=3,
+                      per_merchant=PER_MERCHANT, cards=(4, CARDS), progress=False)  # fmt: skip
+    stats = run_fleet(cfg, tally)
+    s = stats.summary()
+    assert s["errors"] == 0, s["error_kinds"]
+    assert s["sign_ons"] == 8
+    assert s["settlements_balanced"] == s["settlements"] == 8
+    codes = dict(s["codes"])  # type: ignore[call-overload]
+    for kind in ("sale", "balance", "void", "refund", "preauth", "completion", "reversal"):
+        assert codes.get(f"{kind}:00", 0) > 0, kind
+    assert s["approved_sales"] > 0 and not tally.uncertain
+
+
+def test_fleet_at_a_rate(switch: procs.Proc) -> None:
+    cfg = FleetConfig(port=switch.port, terminals=4, duration=2.0, rate=100.0, first=12,
+                      per_merchant=PER_MERCHANT, cards=(4, CARDS), mix={"sale": 1},
+                      progress=False)  # fmt: skip
+    s = run_fleet(cfg).summary()
+    assert s["errors"] == 0, s["error_kinds"]
+    assert 150 <= int(s["responses"]) <= 210  # type: ignore[call-overload]
+
+
+def test_load_cli_json(switch: procs.Proc, tmp_path: Path) -> None:
+    png = tmp_path / "latency.png"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.load", "--port", str(switch.port), "--terminals", "3",
+         "--duration", "1.5", "--first", "20", "--per-merchant", str(PER_MERCHANT),
+         "--cards", f"4-{CARDS}", "--json", "--quiet", "--plot", str(png)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    s = json.loads(run.stdout)
+    assert s["errors"] == 0 and s["approved_sales"] > 0
+    assert png.stat().st_size > 1000
+
+
+def test_e2e_quick(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.e2e", "--quick", "--json", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert [r["terminals"] for r in result["levels"]] == [10, 40]
+    for r in result["levels"]:
+        assert r["approved_sales_per_s"] > 0 and r["ceiling_per_s"] > 0 and r["errors"] == 0
+    assert result["idle_memory"]["connections"] == 50
+    assert result["switch_exit_code"] == 0
+    assert list(tmp_path.glob("e2e-*.md"))
