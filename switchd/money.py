@@ -181,7 +181,9 @@ async def void(p: Processor, txn: Txn) -> None:
 
 
 async def completion_void(p: Processor, txn: Txn) -> None:
-    records = await _original(p, txn, (Kind.COMPLETION,), same_batch=True)
+    records = await _original(
+        p, txn, (Kind.COMPLETION, Kind.COMPLETION_ADVICE), same_batch=True
+    )
     if records is None:
         return
     if txn.amount != records[0].amount:
@@ -192,7 +194,9 @@ async def completion_void(p: Processor, txn: Txn) -> None:
 
 async def refund(p: Processor, txn: Txn) -> None:
     """Partial refunds of a sale or completion, up to its amount in total (any batch)."""
-    records = await _original(p, txn, (Kind.SALE, Kind.COMPLETION), same_batch=False)
+    records = await _original(
+        p, txn, (Kind.SALE, Kind.COMPLETION, Kind.COMPLETION_ADVICE), same_batch=False
+    )
     if records is None:
         return
     assert txn.amount is not None
@@ -230,6 +234,7 @@ async def completion(p: Processor, txn: Txn) -> None:
 async def reversal(p: Processor, txn: Txn) -> None:
     """0400: undo the original exactly once; 00 whether or not it ever arrived."""
     assert txn.terminal is not None and txn.orig_kind is not None
+    txn.pan = txn.msg.card_number  # for the journal and the log (masked there)
     kind = LEDGER_KIND[txn.orig_kind]
     records = await p.s.ledger.request_transfers(txn.terminal.tid, txn.batch, txn.stan, kind)
     req = _request(p, txn)
