@@ -147,42 +147,52 @@ def _referencing(fields: Fields, orig: Original, with_date: bool) -> Fields:
     return fields
 
 
+#: Requests that quote an original: MTI, F3, F25, 60.1, and whether F61
+#: carries the original date (PROTOCOL.md §3).
+REFERENCING = {
+    "void": ("0200", "200000", "00", "23", False),
+    "refund": ("0220", "200000", "00", "25", True),
+    "preauth_cancel": ("0100", "200000", "06", "11", True),
+    "completion": ("0200", "000000", "06", "20", True),
+    "completion_advice": ("0220", "000000", "06", "24", True),
+    "completion_void": ("0200", "200000", "06", "21", False),
+}
+
+
+def referencing(
+    kind: str, t: Terminal, card: Card, stan: str, amount: int, orig: Original
+) -> tuple[str, Fields]:
+    mti, proc, cond, type_code, with_date = REFERENCING[kind]
+    fields = _financial(t, card, stan, proc, cond, type_code, amount)
+    return mti, _referencing(fields, orig, with_date)
+
+
 def void(t: Terminal, card: Card, stan: str, amount: int, orig: Original) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "200000", "00", "23", amount)
-    return "0200", _referencing(fields, orig, False)
+    return referencing("void", t, card, stan, amount, orig)
 
 
 def refund(t: Terminal, card: Card, stan: str, amount: int, orig: Original) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "200000", "00", "25", amount)
-    return "0220", _referencing(fields, orig, True)
+    return referencing("refund", t, card, stan, amount, orig)
 
 
-def preauth_cancel(
-    t: Terminal, card: Card, stan: str, amount: int, orig: Original
-) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "200000", "06", "11", amount)
-    return "0100", _referencing(fields, orig, True)
+def preauth_cancel(t: Terminal, card: Card, stan: str, amount: int, orig: Original
+                   ) -> tuple[str, Fields]:  # fmt: skip
+    return referencing("preauth_cancel", t, card, stan, amount, orig)
 
 
-def completion(
-    t: Terminal, card: Card, stan: str, amount: int, orig: Original
-) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "000000", "06", "20", amount)
-    return "0200", _referencing(fields, orig, True)
+def completion(t: Terminal, card: Card, stan: str, amount: int, orig: Original
+               ) -> tuple[str, Fields]:  # fmt: skip
+    return referencing("completion", t, card, stan, amount, orig)
 
 
-def completion_advice(
-    t: Terminal, card: Card, stan: str, amount: int, orig: Original
-) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "000000", "06", "24", amount)
-    return "0220", _referencing(fields, orig, True)
+def completion_advice(t: Terminal, card: Card, stan: str, amount: int, orig: Original
+                      ) -> tuple[str, Fields]:  # fmt: skip
+    return referencing("completion_advice", t, card, stan, amount, orig)
 
 
-def completion_void(
-    t: Terminal, card: Card, stan: str, amount: int, orig: Original
-) -> tuple[str, Fields]:
-    fields = _financial(t, card, stan, "200000", "06", "21", amount)
-    return "0200", _referencing(fields, orig, False)
+def completion_void(t: Terminal, card: Card, stan: str, amount: int, orig: Original
+                    ) -> tuple[str, Fields]:  # fmt: skip
+    return referencing("completion_void", t, card, stan, amount, orig)
 
 
 #: Fields of the original request a reversal repeats (PROTOCOL.md §3).

@@ -169,27 +169,23 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
     return records
 
 
-async def void(p: Processor, txn: Txn) -> None:
-    """Sale void (same batch, same amount): reverse every leg of the sale once."""
-    records = await _original(p, txn, (Kind.SALE,), same_batch=True)
+async def _undo_original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], kind: str) -> None:
+    """A void of the same batch and amount: every leg of the original undone once."""
+    records = await _original(p, txn, kinds, same_batch=True)
     if records is None:
         return
     if txn.amount != records[0].amount:
         txn.decline(codes.AMOUNT_DIFFERS)
         return
-    await _post(p, txn, flows.undo(_request(p, txn), "void", records))
+    await _post(p, txn, flows.undo(_request(p, txn), kind, records))
+
+
+async def void(p: Processor, txn: Txn) -> None:
+    await _undo_original(p, txn, (Kind.SALE,), "void")
 
 
 async def completion_void(p: Processor, txn: Txn) -> None:
-    records = await _original(
-        p, txn, (Kind.COMPLETION, Kind.COMPLETION_ADVICE), same_batch=True
-    )
-    if records is None:
-        return
-    if txn.amount != records[0].amount:
-        txn.decline(codes.AMOUNT_DIFFERS)
-        return
-    await _post(p, txn, flows.undo(_request(p, txn), "completion_void", records))
+    await _undo_original(p, txn, (Kind.COMPLETION, Kind.COMPLETION_ADVICE), "completion_void")
 
 
 async def refund(p: Processor, txn: Txn) -> None:
