@@ -242,12 +242,13 @@ def _meta_ok(meta: WireMeta | None) -> bool:
         and 0 <= b <= MAX_BATCH
         and 0 <= n <= 999_999
         and 0 <= leg <= 99
+        and type(meta.foreign) is bool
     )
 
 
 def _meta_cols(meta: WireMeta | None) -> tuple[object, ...]:
     if meta is None:
-        return (None, None, None, None, None, None, None, None)
+        return (None, None, None, None, None, None, None, None, None)
     return (
         meta.terminal_id,
         meta.merchant_id or None,
@@ -257,6 +258,7 @@ def _meta_cols(meta: WireMeta | None) -> tuple[object, ...]:
         meta.leg,
         meta.rrn or None,
         meta.masked_pan or None,
+        int(meta.foreign),
     )
 
 

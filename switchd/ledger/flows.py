@@ -47,7 +47,7 @@ def fee_amount(amount: int, rate_bp: int) -> int:
 class Request:
     """What identifies a terminal request on the wire (all the builders need)."""
 
-    __slots__ = ("batch", "masked_pan", "merchant_id", "rrn", "stan", "terminal_id")
+    __slots__ = ("batch", "foreign", "masked_pan", "merchant_id", "rrn", "stan", "terminal_id")
 
     def __init__(
         self,
@@ -57,6 +57,7 @@ class Request:
         stan: int,
         rrn: str = "",
         masked_pan: str = "",
+        foreign: bool = False,
     ) -> None:
         self.terminal_id = terminal_id
         self.merchant_id = merchant_id
@@ -64,6 +65,7 @@ class Request:
         self.stan = stan
         self.rrn = rrn
         self.masked_pan = masked_pan
+        self.foreign = foreign
 
     def id(self, kind: str, leg: int = 0) -> int:
         return transfer_id(self.terminal_id, self.batch, self.stan, kind, leg)
@@ -78,6 +80,7 @@ class Request:
             leg=leg,
             rrn=self.rrn,
             masked_pan=self.masked_pan,
+            foreign=self.foreign,
         )
 
 

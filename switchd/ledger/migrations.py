@@ -77,7 +77,8 @@ _V1 = [
             txn_kind text,
             leg smallint,
             rrn text,
-            masked_pan text
+            masked_pan text,
+            foreign_card smallint
         )"""
     ),
     _both(

@@ -115,6 +115,7 @@ class WireMeta(msgspec.Struct, frozen=True):
     leg: int = 0
     rrn: str = ""
     masked_pan: str = ""
+    foreign: bool = False  # a foreign card: settled in F48's second half
 
 
 # --- operations -----------------------------------------------------------
@@ -281,10 +282,14 @@ class SettlementTotals(msgspec.Struct, frozen=True):
 
     terminal_id: str
     batch: int
-    debit_amount: int
+    debit_amount: int  # domestic cards
     debit_count: int
     credit_amount: int
     credit_count: int
+    foreign_debit_amount: int = 0  # foreign cards (WireMeta.foreign)
+    foreign_debit_count: int = 0
+    foreign_credit_amount: int = 0
+    foreign_credit_count: int = 0
 
 
 #: Wire kinds counted as settlement debits and credits (PROTOCOL.md §3).

@@ -166,6 +166,7 @@ class _PgStore:
                     "int2",
                     "text",
                     "text",
+                    "int2",
                 ),
                 rows,
             )

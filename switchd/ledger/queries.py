@@ -51,7 +51,7 @@ _TRANSFER_COLS = (
     "t.id, t.type, t.debit_account_id, t.credit_account_id, t.amount, t.code,"
     " t.ref_id, t.expires_at, t.post_tolerance, t.created_at, t.terminal_id,"
     " t.merchant_id, t.batch_no, t.stan, t.txn_kind, t.leg, t.rrn, t.masked_pan,"
-    " s.pending_state, s.reversed_by, s.refunded"
+    " s.pending_state, s.reversed_by, s.refunded, t.foreign_card"
 )
 _TRANSFER_FROM = "transfers t LEFT JOIN transfer_state s ON s.id = t.id"
 
@@ -84,6 +84,7 @@ def _transfer(row: tuple[Any, ...]) -> TransferRecord:
             leg=row[15],
             rrn=row[16] or "",
             masked_pan=row[17] or "",
+            foreign=bool(row[21]),
         )
     return TransferRecord(
         id=from_bytes(row[0]),
@@ -172,32 +173,33 @@ def settlement_totals(conn: Conn, d: Dialect, terminal_id: str, batch: int) -> S
     # was undone by a 0400 reversal is not in the terminal's totals either.
     rows = conn.execute(
         d.sql(
-            "SELECT t.txn_kind, COUNT(*), COALESCE(SUM(t.amount), 0)"
+            "SELECT t.txn_kind, t.foreign_card, COUNT(*), COALESCE(SUM(t.amount), 0)"
             " FROM transfers t"
             " LEFT JOIN transfer_state s ON s.id = t.id"
             " LEFT JOIN transfers r ON r.id = s.reversed_by"
             " WHERE t.terminal_id = ? AND t.batch_no = ? AND t.leg = 0"
             " AND t.type IN ('posted', 'post', 'reverse', 'refund')"
             " AND (r.txn_kind IS NULL OR r.txn_kind <> ?)"
-            " GROUP BY t.txn_kind"
+            " GROUP BY t.txn_kind, t.foreign_card"
         ),
         (terminal_id, batch, REVERSAL_KIND),
     ).fetchall()
-    debit_amount = debit_count = credit_amount = credit_count = 0
-    for kind, count, amount in rows:
+    # [domestic, foreign] x [debit amount, debit count, credit amount, credit count]
+    sums = [[0, 0, 0, 0], [0, 0, 0, 0]]
+    for kind, foreign, count, amount in rows:
+        side = sums[1 if foreign else 0]
         if kind in SETTLEMENT_DEBIT_KINDS:
-            debit_amount += int(amount)
-            debit_count += int(count)
+            side[0] += int(amount)
+            side[1] += int(count)
         elif kind in SETTLEMENT_CREDIT_KINDS:
-            credit_amount += int(amount)
-            credit_count += int(count)
+            side[2] += int(amount)
+            side[3] += int(count)
+    (da, dc, ca, cc), (fda, fdc, fca, fcc) = sums
     return SettlementTotals(
-        terminal_id=terminal_id,
-        batch=batch,
-        debit_amount=debit_amount,
-        debit_count=debit_count,
-        credit_amount=credit_amount,
-        credit_count=credit_count,
+        terminal_id=terminal_id, batch=batch,
+        debit_amount=da, debit_count=dc, credit_amount=ca, credit_count=cc,
+        foreign_debit_amount=fda, foreign_debit_count=fdc,
+        foreign_credit_amount=fca, foreign_credit_count=fcc,
     )
 
 

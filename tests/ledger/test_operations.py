@@ -170,7 +170,13 @@ async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
         again = await ledger.execute(Reverse(777, s1.id("sale", 0)))
         assert again.code is RC.OK
         assert (await ledger.execute(Reverse(778, s1.id("sale", 0)))).code is RC.ALREADY_REVERSED
+        # A foreign card's sale goes to the second half of F48.
+        s5 = Request(tid, mid, 1, 5, foreign=True)
+        res = await ledger.submit_linked(flows.sale(s5, c.card, c.merchant, c.fee, 700, 4))
+        assert all(r.ok for r in res)
         totals = await ledger.settlement_totals(tid, 1)
+        assert (totals.foreign_debit_amount, totals.foreign_debit_count) == (700, 1)
+        assert (totals.foreign_credit_amount, totals.foreign_credit_count) == (0, 0)
         # debits: s1 (its reversal above has no wire kind, so it is not a 0400) and s2;
         # credits: the void of s2.
         assert (totals.debit_amount, totals.debit_count) == (30_000, 2)
@@ -180,6 +186,7 @@ async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
         today = datetime.now(UTC).date()
         report = await ledger.transfers_by_merchant_day(mid, today)
         assert len(report) == len(records)
+        assert report[-1].meta.foreign  # type: ignore[union-attr]
         assert report[0].meta.masked_pan == "622202******1234"  # type: ignore[union-attr]
         assert await ledger.audit() == []
 
