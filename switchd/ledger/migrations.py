@@ -77,8 +77,7 @@ _V1 = [
             txn_kind text,
             leg smallint,
             rrn text,
-            masked_pan text,
-            foreign_card smallint
+            masked_pan text
         )"""
     ),
     _both(
@@ -136,6 +135,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         description="accounts, transfers, transfer state, rejections, terminal batches",
         sqlite=tuple(s for s, _ in _V1),
         postgres=tuple(p for _, p in _V1),
+    ),
+    # F48 settles domestic and foreign cards separately. Appended as the last
+    # column, which is where the writer's positional INSERT expects it.
+    Migration(
+        version=2,
+        description="transfers.foreign_card for the foreign half of settlement totals",
+        sqlite=("ALTER TABLE transfers ADD COLUMN foreign_card smallint",),
+        postgres=("ALTER TABLE transfers ADD COLUMN foreign_card smallint",),
     ),
 )
 

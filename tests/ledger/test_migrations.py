@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from switchd.ledger import LedgerConfig, open_ledger
-from switchd.ledger.migrations import LATEST, SchemaTooNew
+from switchd.ledger.ids import to_bytes
+from switchd.ledger.migrations import CREATE_VERSION_TABLE, LATEST, MIGRATIONS, SchemaTooNew
 from switchd.ledger.sqlite_backend import SqliteBackend
 
 from .helpers import make_chart
@@ -41,3 +42,21 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
                      (LATEST + 1,))
     with pytest.raises(SchemaTooNew):
         SqliteBackend(path).open()
+
+
+async def test_upgrade_from_version_1_keeps_data(tmp_path: Path) -> None:
+    """A database created by the first release upgrades in place on open."""
+    path = tmp_path / "ledger.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute(CREATE_VERSION_TABLE)
+    for stmt in MIGRATIONS[0].sqlite:
+        conn.execute(stmt)
+    conn.execute("INSERT INTO schema_migrations VALUES (1, 'v1', 0)")
+    conn.execute("INSERT INTO accounts VALUES (?, 'suspense', '156', '', NULL, 0, 0, 5, 0, 0, 0)",
+                 (to_bytes(7),))
+    conn.commit()
+    conn.close()
+    async with open_ledger(LedgerConfig(data_dir=str(tmp_path))) as ledger:
+        assert (await ledger.account(7)).balance == 5  # type: ignore[union-attr]
+        versions = await trio.to_thread.run_sync(ledger.backend.read, _versions)
+        assert versions == list(range(1, LATEST + 1))
