@@ -12,8 +12,8 @@ epoch, UTC) as 64-bit integers, enums as text.
 
 Transfers live in a rowid table (SQLite), so rows are appended in commit
 order and the terminal/merchant indexes grow at their ends; only the 16-byte
-id index takes random inserts. Clustering the wide rows by their random ids
-(WITHOUT ROWID) made every commit dirty about one page per transfer.
+id index takes random inserts (the small tables are WITHOUT ROWID, keyed by
+id). A database created while transfers was still WITHOUT ROWID works the same.
 
 Transfers are immutable rows. What changes over a transfer's life (a hold's
 state, who reversed it, how much of it was refunded) lives in
