@@ -56,6 +56,9 @@ CEILING_PIK = bytes.fromhex("0123456789ABCDEFFEDCBA9876543210")
 CEILING_MAK = bytes.fromhex("89ABCDEF01234567")
 #: Approved sales a terminal keeps for later voids and refunds.
 OPEN_SALES = 16
+#: Settlement counts are n3 (PROTOCOL.md §3): a terminal settles before its batch
+#: holds more, as real terminals do when their batch is full.
+BATCH_FULL = 990
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -229,6 +232,10 @@ class Worker:
         if self.cfg.ceiling:
             self.term.pik, self.term.mak = CEILING_PIK, DesKey(CEILING_MAK)
             return
+        await self.sign_on()
+
+    async def sign_on(self) -> None:
+        assert self.link is not None
         t0 = time.perf_counter()
         self.link.send(self.term.sign_on_frame())
         resp = self.term.read(await self.link.recv(self.cfg.timeout))
@@ -399,17 +406,27 @@ class Worker:
             tally.add(seq, -counted)
             self.to_reverse = None
 
-    async def settle(self) -> None:
+    async def settle(self) -> bool:
+        """Settle the open batch; True when the switch closed it (a new batch follows)."""
         t = self.term
         totals = rq.settlement_totals(self.debits[0], self.debits[1],
                                       self.credits[0], self.credits[1])  # fmt: skip
         resp = await self.call("settlement", *rq.settlement(t.ident, t.next_stan(), totals))
         self.stats.settlements += 1
-        if self.expect("settlement", resp):
-            if resp.msg.settlement_totals().code == 1:
-                self.stats.settlements_balanced += 1
-            else:
-                self.stats.error("settlement: not balanced")
+        if not self.expect("settlement", resp):
+            return False
+        if resp.msg.settlement_totals().code == 1:
+            self.stats.settlements_balanced += 1
+        else:
+            self.stats.error("settlement: not balanced")
+        return True
+
+    async def settle_full_batch(self) -> None:
+        """Settle, then sign on for the next batch; what was open for voids is gone."""
+        if await self.settle():
+            self.debits, self.credits = [0, 0], [0, 0]
+            self.open_sales.clear()
+            await self.sign_on()
 
     # -- the terminal's life -----------------------------------------------------
 
@@ -455,6 +472,8 @@ class Worker:
             kind = self.rng.choices(kinds, weights)[0]
             try:
                 await self.step(kind, t0)
+                if max(self.debits[1], self.credits[1]) >= BATCH_FULL and not self.cfg.ceiling:
+                    await self.settle_full_batch()
             except (Unanswered, OSError) as exc:
                 self.failure(f"{kind}: {exc}")
                 if not await self.reconnect(stop_at):
