@@ -95,6 +95,9 @@ class FleetConfig:
     port: int = 5800
     terminals: int = 100
     duration: float = 10.0
+    # Seconds of running the mix before the measured window opens (caches, sessions,
+    # TCP windows; at a low rate per terminal, its first requests after sign-on).
+    warmup: float = 0.0
     # Steps per second across the fleet; None: closed loop.
     rate: float | None = None
     mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
@@ -102,6 +105,8 @@ class FleetConfig:
     per_merchant: int = 5000
     first: int = 0  # index of the fleet's first terminal (keeps fleets on distinct TIDs)
     settle: bool = True
+    # Transactions of one kind (debits or credits) after which a terminal settles mid-run.
+    batch_full: int = BATCH_FULL
     timeout: float = 10.0
     connect_concurrency: int = 256
     sign_on_timeout: float = 180.0
@@ -472,7 +477,8 @@ class Worker:
             kind = self.rng.choices(kinds, weights)[0]
             try:
                 await self.step(kind, t0)
-                if max(self.debits[1], self.credits[1]) >= BATCH_FULL and not self.cfg.ceiling:
+                full = max(self.debits[1], self.credits[1]) >= self.cfg.batch_full
+                if full and not self.cfg.ceiling:
                     await self.settle_full_batch()
             except (Unanswered, OSError) as exc:
                 self.failure(f"{kind}: {exc}")
@@ -521,14 +527,15 @@ class Fleet:
             await asyncio.wait_for(self._all_signed_on.wait(), self.cfg.sign_on_timeout)
         except TimeoutError:
             self.stats.error("fleet: sign-on did not finish in time")
-        self.window_start = self.stats.window_start = time.perf_counter()
-        self.stop_at = self.window_start + self.cfg.duration
+        self.window_start = time.perf_counter()
+        self.stats.window_start = self.window_start + self.cfg.warmup
+        self.stop_at = self.stats.window_start + self.cfg.duration
         self.stats.window_end = self.stop_at
         self.go.set()
         reporter = asyncio.create_task(self._progress(on_progress))
         try:
             # Bounded: the run, then time for the last answers, reconnects and settlement.
-            _, late = await asyncio.wait(tasks, timeout=self.cfg.duration
+            _, late = await asyncio.wait(tasks, timeout=self.cfg.warmup + self.cfg.duration
                                          + 3 * self.cfg.timeout + 30)  # fmt: skip
             for task in late:
                 task.cancel()
@@ -549,7 +556,8 @@ class Fleet:
             n = len(self.stats.latencies)
             recent = sorted(self.stats.latencies[last_n:])
             p99 = recent[int(0.99 * (len(recent) - 1))] * 1000 if recent else 0.0
-            out(f"{now - self.window_start:6.1f}s  {(n - last_n) / (now - last_t):8.0f} resp/s"
+            at = now - (self.stats.window_start or now)  # negative while warming up
+            out(f"{at:6.1f}s  {(n - last_n) / (now - last_t):8.0f} resp/s"
                 f"  p99 {p99:7.2f} ms  approved sales {self.stats.approved_sales}"
                 f"  errors {sum(self.stats.errors.values())}")  # fmt: skip
             last_n, last_t = n, now

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5800)
     p.add_argument("--terminals", type=int, default=100)
     p.add_argument("--duration", type=parse_duration, default=10.0, help="e.g. 30, 30s, 2m")
+    p.add_argument("--warmup", type=parse_duration, default=0.0,
+                   help="seconds of load before the measured window opens")
     p.add_argument("--rate", type=float, default=None, help="steps/s for the fleet (default: "
                    "closed loop)")  # fmt: skip
     p.add_argument("--mix", type=parse_mix, default=None, help="kind=weight,...")
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_soak(args)
     cfg = FleetConfig(
         host=args.host, port=args.port, terminals=args.terminals, duration=args.duration,
-        rate=args.rate, first=args.first, per_merchant=args.per_merchant, cards=args.cards,
+        warmup=args.warmup, rate=args.rate, first=args.first, per_merchant=args.per_merchant,
+        cards=args.cards,
         timeout=args.timeout, settle=not args.no_settle, progress=not args.quiet,
     )  # fmt: skip
     if args.mix is not None:

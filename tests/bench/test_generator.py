@@ -88,6 +88,16 @@ def test_fleet_at_a_rate(switch: procs.Proc) -> None:
     assert 150 <= int(s["responses"]) <= 210  # type: ignore[call-overload]
 
 
+def test_full_batches_settle_mid_run(switch: procs.Proc) -> None:
+    cfg = FleetConfig(port=switch.port, terminals=2, duration=1.5, first=16, batch_full=15,
+                      per_merchant=PER_MERCHANT, cards=(4, CARDS), progress=False)  # fmt: skip
+    s = run_fleet(cfg).summary()
+    assert s["errors"] == 0, s["error_kinds"]
+    assert int(s["settlements"]) > 2  # type: ignore[call-overload]
+    assert s["settlements_balanced"] == s["settlements"]
+    assert int(s["sign_ons"]) == int(s["settlements"])  # type: ignore[call-overload]
+
+
 def test_load_cli_json(switch: procs.Proc, tmp_path: Path) -> None:
     png = tmp_path / "latency.png"
     run = subprocess.run(
