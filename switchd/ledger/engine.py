@@ -38,7 +38,7 @@ from typing import Any, Protocol, TypeVar
 import outcome
 import trio
 
-from . import queries
+from . import metrics, queries
 from .config import LedgerConfig
 from .core import ExpireDue, Group
 from .model import (
@@ -98,6 +98,7 @@ class Ledger:
         self.commits = 0
         self.committed_ops = 0
         self.failed_commits = 0
+        self._queued_groups = 0
 
     # --- writing ----------------------------------------------------------
 
@@ -122,6 +123,8 @@ class Ledger:
         if self._closing:
             raise LedgerClosed("the ledger is closing; nothing was applied")
         self._queue.append(_Request(groups, trio.lowlevel.current_task()))
+        self._queued_groups += len(groups)
+        metrics.QUEUE_DEPTH.set(self._queued_groups)
         self._wakeup.set()
         return await trio.lowlevel.wait_task_rescheduled(_no_abort)  # type: ignore[no-any-return]
 
@@ -142,6 +145,8 @@ class Ledger:
             # Cancelled or closing: whatever is still queued never reached the
             # database, and its callers must not sleep forever.
             self._closing = True
+            self._queued_groups = 0
+            metrics.QUEUE_DEPTH.set(0)
             while self._queue:
                 req = self._queue.popleft()
                 trio.lowlevel.reschedule(
@@ -158,7 +163,10 @@ class Ledger:
             req = self._queue.popleft()
             taken.append(req)
             groups.extend(req.groups)
+        self._queued_groups -= len(groups)
+        metrics.QUEUE_DEPTH.set(self._queued_groups)
         now_us = time.time_ns() // 1000
+        started = time.perf_counter()
         try:
             with trio.CancelScope(shield=True):
                 results = await trio.to_thread.run_sync(
@@ -166,6 +174,7 @@ class Ledger:
                 )
         except Exception as exc:
             self.failed_commits += 1
+            metrics.COMMITS_FAILED.inc()
             if not isinstance(exc, CommitFailed):
                 log.exception("ledger: unexpected error committing a batch")
             log.error("ledger: commit of %d groups failed: %s", len(groups), exc)
@@ -177,6 +186,8 @@ class Ledger:
             return
         self.commits += 1
         self.committed_ops += len(groups)
+        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.BATCH_SIZE.observe(len(groups))
         i = 0
         for req in taken:
             n = len(req.groups)
