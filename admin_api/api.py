@@ -49,9 +49,7 @@ def json_response(value: Any, status: int = 200) -> Response:
 
 def error_response(exc: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return Response(
-        _encoder.encode(exc.body()), exc.status, headers, media_type="application/json"
-    )
+    return Response(_encoder.encode(exc.body()), exc.status, headers, media_type="application/json")
 
 
 @dataclass
@@ -125,14 +123,38 @@ class Api:
     def __init__(self) -> None:
         self.operations: list[Operation] = []
 
-    def op(self, method: str, path: str, summary: str, *, tag: str, roles: frozenset[str],
-           query: type | None = None, body: type | None = None, response: Any = None,
-           status: int = 200, csv: bool = False, media_type: str = "application/json",
-           ) -> Callable[[Handler], Handler]:  # fmt: skip
+    def op(
+        self,
+        method: str,
+        path: str,
+        summary: str,
+        *,
+        tag: str,
+        roles: frozenset[str],
+        query: type | None = None,
+        body: type | None = None,
+        response: Any = None,
+        status: int = 200,
+        csv: bool = False,
+        media_type: str = "application/json",
+    ) -> Callable[[Handler], Handler]:
         def register(fn: Handler) -> Handler:
             self.operations.append(
-                Operation(method, path, fn, summary, tag, roles, query, body, response, status,
-                          csv, media_type, fn.__name__)
+                Operation(
+                    method,
+                    path,
+                    fn,
+                    summary,
+                    tag,
+                    roles,
+                    query,
+                    body,
+                    response,
+                    status,
+                    csv,
+                    media_type,
+                    fn.__name__,
+                )
             )
             return fn
 

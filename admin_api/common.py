@@ -32,8 +32,11 @@ def decode_cursor(cursor: str, shape: tuple[type, ...]) -> list[Any]:
         key = orjson.loads(raw)
     except (ValueError, orjson.JSONDecodeError):
         raise ApiError(422, "invalid", "not a cursor this API returned", "cursor") from None
-    if (not isinstance(key, list) or len(key) != len(shape)
-            or not all(type(v) is t for v, t in zip(key, shape, strict=True))):  # fmt: skip
+    if (
+        not isinstance(key, list)
+        or len(key) != len(shape)
+        or not all(type(v) is t for v, t in zip(key, shape, strict=True))
+    ):
         raise ApiError(422, "invalid", "not a cursor this API returned", "cursor")
     return key
 

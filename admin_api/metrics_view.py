@@ -52,19 +52,26 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         ledger = self.ctx.ledger
-        yield CounterMetricFamily("switchd_ledger_commits", "Ledger batches committed.",
-                                  value=ledger.commits)  # fmt: skip
-        yield CounterMetricFamily("switchd_ledger_committed_operations",
-                                  "Operation groups committed by the ledger writer.",
-                                  value=ledger.committed_ops)  # fmt: skip
-        yield CounterMetricFamily("switchd_ledger_commit_failures",
-                                  "Ledger batches whose commit failed.",
-                                  value=ledger.failed_commits)  # fmt: skip
+        yield CounterMetricFamily(
+            "switchd_ledger_commits", "Ledger batches committed.", value=ledger.commits
+        )
+        yield CounterMetricFamily(
+            "switchd_ledger_committed_operations",
+            "Operation groups committed by the ledger writer.",
+            value=ledger.committed_ops,
+        )
+        yield CounterMetricFamily(
+            "switchd_ledger_commit_failures",
+            "Ledger batches whose commit failed.",
+            value=ledger.failed_commits,
+        )
         # The writer's queue is private to the ledger; read defensively.
         queue = getattr(ledger, "_queue", ())
-        yield GaugeMetricFamily("switchd_ledger_queue_depth",
-                                "Submissions waiting for the ledger writer.",
-                                value=len(queue))  # fmt: skip
+        yield GaugeMetricFamily(
+            "switchd_ledger_queue_depth",
+            "Submissions waiting for the ledger writer.",
+            value=len(queue),
+        )
 
 
 def build_registry(ctx: AdminContext) -> CollectorRegistry:
@@ -89,16 +96,28 @@ class _Default(Collector):
         yield from REGISTRY.collect()
 
 
-@api.op("GET", "/metrics", "Prometheus metrics (text format)", tag="operations", roles=OPS,
-        media_type="text/plain")  # fmt: skip
+@api.op(
+    "GET",
+    "/metrics",
+    "Prometheus metrics (text format)",
+    tag="operations",
+    roles=OPS,
+    media_type="text/plain",
+)
 async def metrics(req: Req) -> Response:
     registry: CollectorRegistry = req.request.app.state.registry
     body = await trio.to_thread.run_sync(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
-@api.op("GET", "/healthz", "Liveness: the process answers", tag="operations", roles=PUBLIC,
-        response=s.Health)  # fmt: skip
+@api.op(
+    "GET",
+    "/healthz",
+    "Liveness: the process answers",
+    tag="operations",
+    roles=PUBLIC,
+    response=s.Health,
+)
 async def healthz(req: Req) -> s.Health:
     return s.Health(status="ok")
 
@@ -130,8 +149,14 @@ async def readiness(ctx: AdminContext) -> dict[str, str]:
     return checks
 
 
-@api.op("GET", "/readyz", "Readiness: ledger writable, an HSM healthy, listeners up "
-        "(503 when not)", tag="operations", roles=OPS, response=s.Readiness)  # fmt: skip
+@api.op(
+    "GET",
+    "/readyz",
+    "Readiness: ledger writable, an HSM healthy, listeners up (503 when not)",
+    tag="operations",
+    roles=OPS,
+    response=s.Readiness,
+)
 async def readyz(req: Req) -> Response:
     t0 = time.monotonic()
     checks = await readiness(req.ctx)

@@ -123,8 +123,10 @@ async def migrate(db: Database) -> None:
 async def ensure_demo_tokens(db: Database) -> None:
     """The demo tokens, stored hashed; existing names are left as they are."""
     ts = now_us()
-    rows = [("demo-admin", hash_token(DEMO_ADMIN_TOKEN), "admin", None, ts),
-            ("demo-sre", hash_token(DEMO_SRE_TOKEN), "sre", None, ts)]  # fmt: skip
+    rows = [
+        ("demo-admin", hash_token(DEMO_ADMIN_TOKEN), "admin", None, ts),
+        ("demo-sre", hash_token(DEMO_SRE_TOKEN), "sre", None, ts),
+    ]
     rows += [
         (f"demo-merchant-{mid}", hash_token(demo_merchant_token(mid)), "merchant", mid, ts)
         for mid in DEMO_MERCHANTS

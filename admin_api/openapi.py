@@ -57,19 +57,36 @@ def build(operations: list[Operation], title: str = "switchd admin API") -> dict
         params: list[dict[str, Any]] = []
         for seg in op.path.split("/"):
             if seg.startswith("{"):
-                params.append({"name": seg[1:-1], "in": "path", "required": True,
-                               "schema": {"type": "string", "minLength": 1}})  # fmt: skip
+                params.append(
+                    {
+                        "name": seg[1:-1],
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                )
         if op.query is not None:
             name = of[id(op.query)]["$ref"].rsplit("/", 1)[1]
             q = components[name]
             required = set(q.get("required", ()))
             for pname, pschema in q.get("properties", {}).items():
-                params.append({"name": pname, "in": "query", "required": pname in required,
-                               "schema": _strip_null(copy.deepcopy(pschema))})  # fmt: skip
+                params.append(
+                    {
+                        "name": pname,
+                        "in": "query",
+                        "required": pname in required,
+                        "schema": _strip_null(copy.deepcopy(pschema)),
+                    }
+                )
         if op.csv:
-            params.append({"name": "format", "in": "query", "required": False,
-                           "schema": {"type": "string", "enum": ["json", "csv"],
-                                      "default": "json"}})  # fmt: skip
+            params.append(
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["json", "csv"], "default": "json"},
+                }
+            )
         if params:
             item["parameters"] = params
         if op.body is not None:
@@ -106,16 +123,19 @@ def build(operations: list[Operation], title: str = "switchd admin API") -> dict
         paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": "1.0.0",
-                 "description": "Provisioning, transactions, reports, merchant ERP and "
-                                "observability of the switchd payment switch. Money is in "
-                                "minor units; times in microseconds since the epoch."},
+        "info": {
+            "title": title,
+            "version": "1.0.0",
+            "description": "Provisioning, transactions, reports, merchant ERP and "
+            "observability of the switchd payment switch. Money is in "
+            "minor units; times in microseconds since the epoch.",
+        },
         "paths": paths,
         "components": {
             "schemas": components,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
-    }  # fmt: skip
+    }
 
 
 DOCS_HTML = """<!doctype html>

@@ -27,12 +27,19 @@ from .common import check_range, decode_cursor, encode_cursor
 api = Api()
 
 #: Transfer types that move posted balances (pending and void ones do not).
-POSTED_TYPES = frozenset({TransferType.POSTED, TransferType.POST, TransferType.REVERSE,
-                          TransferType.REFUND})  # fmt: skip
+POSTED_TYPES = frozenset(
+    {TransferType.POSTED, TransferType.POST, TransferType.REVERSE, TransferType.REFUND}
+)
 #: Settlement buckets of leg 0 by wire kind.
-BUCKETS = {"sale": "gross", "completion": "gross", "completion_advice": "gross",
-           "void": "voids", "completion_void": "voids", "reversal": "reversals",
-           "refund": "refunds"}  # fmt: skip
+BUCKETS = {
+    "sale": "gross",
+    "completion": "gross",
+    "completion_advice": "gross",
+    "void": "voids",
+    "completion_void": "voids",
+    "reversal": "reversals",
+    "refund": "refunds",
+}
 #: The payment method of every card transaction the switch carries (ERP settings).
 BANKCARD = "bankcard"
 
@@ -52,8 +59,9 @@ def _kind(t: TransferRecord) -> str:
     return t.meta.kind if t.meta else t.code
 
 
-def daily_sales_rows(day: dt.date, mid: str, transfers: Iterable[TransferRecord],
-                     by_terminal: bool) -> list[dict]:  # type: ignore[type-arg]  # fmt: skip
+def daily_sales_rows(
+    day: dt.date, mid: str, transfers: Iterable[TransferRecord], by_terminal: bool
+) -> list[dict]:  # type: ignore[type-arg]
     groups: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for t in transfers:
         if _leg(t) != 0:
@@ -101,8 +109,14 @@ def settlement_row(day: dt.date, mid: str, transfers: Iterable[TransferRecord]) 
             sums["other"] += delta
         else:
             sums[bucket] -= delta
-    net = (sums["gross"] - sums["voids"] - sums["reversals"] - sums["refunds"] - sums["fees"]
-           + sums["other"])  # fmt: skip
+    net = (
+        sums["gross"]
+        - sums["voids"]
+        - sums["reversals"]
+        - sums["refunds"]
+        - sums["fees"]
+        + sums["other"]
+    )
     return {"date": day.isoformat(), "mid": mid, "sales_count": count, **sums, "net": net}
 
 
@@ -116,23 +130,57 @@ def fee_row(day: dt.date, mid: str, currency: str, transfers: Iterable[TransferR
             charged += t.amount
         elif t.debit_account_id == fee_acct:
             returned += t.amount
-    return {"date": day.isoformat(), "mid": mid, "fees_charged": charged,
-            "fees_returned": returned, "net": charged - returned}  # fmt: skip
+    return {
+        "date": day.isoformat(),
+        "mid": mid,
+        "fees_charged": charged,
+        "fees_returned": returned,
+        "net": charged - returned,
+    }
 
 
 SALES_COLUMNS = ["date", "mid", "payment_method", "kind", "count", "amount"]
-SETTLEMENT_COLUMNS = ["date", "mid", "sales_count", "gross", "voids", "reversals", "refunds",
-                      "fees", "other", "net"]  # fmt: skip
+SETTLEMENT_COLUMNS = [
+    "date",
+    "mid",
+    "sales_count",
+    "gross",
+    "voids",
+    "reversals",
+    "refunds",
+    "fees",
+    "other",
+    "net",
+]
 FEE_COLUMNS = ["date", "mid", "fees_charged", "fees_returned", "net"]
-BATCH_COLUMNS = ["tid", "mid", "batch", "outcome", "terminal_debit_amount",
-                 "terminal_debit_count", "terminal_credit_amount", "terminal_credit_count",
-                 "host_debit_amount", "host_debit_count", "host_credit_amount",
-                 "host_credit_count", "settled_at_us"]  # fmt: skip
+BATCH_COLUMNS = [
+    "tid",
+    "mid",
+    "batch",
+    "outcome",
+    "terminal_debit_amount",
+    "terminal_debit_count",
+    "terminal_credit_amount",
+    "terminal_credit_count",
+    "host_debit_amount",
+    "host_debit_count",
+    "host_credit_amount",
+    "host_credit_count",
+    "settled_at_us",
+]
 
 
-@api.op("GET", "/v1/reports/daily-sales", "Daily sales per merchant or per terminal: count and "
-        "amount by transaction kind and payment method", tag="reports", roles=READ,
-        query=s.SalesQuery, response=s.ReportOut, csv=True)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/reports/daily-sales",
+    "Daily sales per merchant or per terminal: count and "
+    "amount by transaction kind and payment method",
+    tag="reports",
+    roles=READ,
+    query=s.SalesQuery,
+    response=s.ReportOut,
+    csv=True,
+)
 async def daily_sales(req: Req) -> Table:
     q: s.SalesQuery = req.query
     rows = []
@@ -143,9 +191,17 @@ async def daily_sales(req: Req) -> Table:
     return Table(cols, rows, filename=f"daily-sales-{q.date}.csv")
 
 
-@api.op("GET", "/v1/reports/settlement", "Settlement per merchant and day: gross, voids, "
-        "reversals, refunds, fees and the net to pay the merchant", tag="reports", roles=READ,
-        query=s.DayQuery, response=s.SettlementReport, csv=True)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/reports/settlement",
+    "Settlement per merchant and day: gross, voids, "
+    "reversals, refunds, fees and the net to pay the merchant",
+    tag="reports",
+    roles=READ,
+    query=s.DayQuery,
+    response=s.SettlementReport,
+    csv=True,
+)
 async def settlement(req: Req) -> Table:
     q: s.DayQuery = req.query
     rows = []
@@ -153,13 +209,19 @@ async def settlement(req: Req) -> Table:
         transfers = await req.ctx.ledger.transfers_by_merchant_day(mid, q.date)
         rows.append(settlement_row(q.date, mid, transfers))
     totals = {c: sum(r[c] for r in rows) for c in SETTLEMENT_COLUMNS[2:]}
-    return Table(SETTLEMENT_COLUMNS, rows, {"totals": totals},
-                 filename=f"settlement-{q.date}.csv")  # fmt: skip
+    return Table(SETTLEMENT_COLUMNS, rows, {"totals": totals}, filename=f"settlement-{q.date}.csv")
 
 
-@api.op("GET", "/v1/reports/fee-income", "Fee income per merchant and day over a date range "
-        "(at most 92 days)", tag="reports", roles=READ, query=s.RangeQuery,
-        response=s.SettlementReport, csv=True)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/reports/fee-income",
+    "Fee income per merchant and day over a date range (at most 92 days)",
+    tag="reports",
+    roles=READ,
+    query=s.RangeQuery,
+    response=s.SettlementReport,
+    csv=True,
+)
 async def fee_income(req: Req) -> Table:
     q: s.RangeQuery = req.query
     check_range(q.since, q.until, 92)
@@ -174,19 +236,31 @@ async def fee_income(req: Req) -> Table:
                 rows.append(row)
         day += dt.timedelta(days=1)
     totals = {c: sum(r[c] for r in rows) for c in FEE_COLUMNS[2:]}
-    return Table(FEE_COLUMNS, rows, {"totals": totals},
-                 filename=f"fee-income-{q.since}-{q.until}.csv")  # fmt: skip
+    return Table(
+        FEE_COLUMNS, rows, {"totals": totals}, filename=f"fee-income-{q.since}-{q.until}.csv"
+    )
 
 
 def _totals(prefix: str, text: str) -> dict[str, int]:
     v = orjson.loads(text)
-    return {f"{prefix}_debit_amount": v[0], f"{prefix}_debit_count": v[1],
-            f"{prefix}_credit_amount": v[2], f"{prefix}_credit_count": v[3]}  # fmt: skip
+    return {
+        f"{prefix}_debit_amount": v[0],
+        f"{prefix}_debit_count": v[1],
+        f"{prefix}_credit_amount": v[2],
+        f"{prefix}_credit_count": v[3],
+    }
 
 
-@api.op("GET", "/v1/reports/batches", "Batch history per terminal: the terminal's totals, the "
-        "host's, and whether they balanced", tag="reports", roles=READ, query=s.BatchQuery,
-        response=s.ReportOut, csv=True)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/reports/batches",
+    "Batch history per terminal: the terminal's totals, the host's, and whether they balanced",
+    tag="reports",
+    roles=READ,
+    query=s.BatchQuery,
+    response=s.ReportOut,
+    csv=True,
+)
 async def batches(req: Req) -> Table:
     q: s.BatchQuery = req.query
     where, params = ["1 = 1"], []  # type: ignore[var-annotated]
@@ -207,9 +281,16 @@ async def batches(req: Req) -> Table:
         (*params, q.limit + 1),
     )
     out = [
-        {"tid": r[0], "mid": r[1], "batch": r[2], "outcome": "balanced" if r[3] else "unbalanced",
-         **_totals("terminal", r[4]), **_totals("host", r[5]), "settled_at_us": r[6]}
+        {
+            "tid": r[0],
+            "mid": r[1],
+            "batch": r[2],
+            "outcome": "balanced" if r[3] else "unbalanced",
+            **_totals("terminal", r[4]),
+            **_totals("host", r[5]),
+            "settled_at_us": r[6],
+        }
         for r in rows[: q.limit]
-    ]  # fmt: skip
+    ]
     nxt = encode_cursor([out[-1]["tid"], out[-1]["batch"]]) if len(rows) > q.limit else None
     return Table(BATCH_COLUMNS, out, {"next_cursor": nxt}, filename="batches.csv")

@@ -46,9 +46,16 @@ _MERCHANT_COLS = "mid, name, mcc, fee_bp, min_amount, max_amount, status, permit
 
 def _merchant(r: tuple) -> s.MerchantOut:  # type: ignore[type-arg]
     return s.MerchantOut(
-        mid=r[0], name=r[1], mcc=r[2], fee_bp=r[3], min_amount=r[4], max_amount=r[5],
-        status=r[6], permitted=[k for k in r[7].split(",") if k], updated_at_us=r[8],
-    )  # fmt: skip
+        mid=r[0],
+        name=r[1],
+        mcc=r[2],
+        fee_bp=r[3],
+        min_amount=r[4],
+        max_amount=r[5],
+        status=r[6],
+        permitted=[k for k in r[7].split(",") if k],
+        updated_at_us=r[8],
+    )
 
 
 def _check_limits(lo: int | None, hi: int | None) -> None:
@@ -73,8 +80,15 @@ async def _ledger(ctx: AdminContext, ops: list, what: str) -> None:  # type: ign
 # --- merchants ----------------------------------------------------------------
 
 
-@api.op("GET", "/v1/merchants", "List merchants", tag="merchants", roles=READ,
-        query=s.PageQuery, response=s.MerchantList)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/merchants",
+    "List merchants",
+    tag="merchants",
+    roles=READ,
+    query=s.PageQuery,
+    response=s.MerchantList,
+)
 async def list_merchants(req: Req) -> s.MerchantList:
     q: s.PageQuery = req.query
     after = decode_cursor(q.cursor, (str,))[0] if q.cursor else ""
@@ -90,17 +104,27 @@ async def list_merchants(req: Req) -> s.MerchantList:
     return s.MerchantList(items=items, next_cursor=nxt)
 
 
-@api.op("POST", "/v1/merchants", "Create a merchant (with its settlement account and "
-        "a default bank-card payment method)", tag="merchants", roles=ADMIN,
-        body=s.MerchantIn, response=s.MerchantOut, status=201)  # fmt: skip
+@api.op(
+    "POST",
+    "/v1/merchants",
+    "Create a merchant (with its settlement account and a default bank-card payment method)",
+    tag="merchants",
+    roles=ADMIN,
+    body=s.MerchantIn,
+    response=s.MerchantOut,
+    status=201,
+)
 async def create_merchant(req: Req) -> s.MerchantOut:
     b: s.MerchantIn = req.body
     _check_limits(b.min_amount, b.max_amount)
     ctx = req.ctx
     if await ctx.db.fetchone("SELECT 1 FROM merchants WHERE mid = ?", (b.mid,)):
         raise conflict(f"merchant {b.mid} exists", "mid")
-    await _ledger(ctx, [CreateAccount(merchant_account_id(b.mid), AccountKind.MERCHANT,
-                                      ctx.currency, b.mid)], "the settlement account")  # fmt: skip
+    await _ledger(
+        ctx,
+        [CreateAccount(merchant_account_id(b.mid), AccountKind.MERCHANT, ctx.currency, b.mid)],
+        "the settlement account",
+    )
     ts = now_us()
 
     def go(c: Cursor) -> tuple:  # type: ignore[type-arg]
@@ -110,9 +134,18 @@ async def create_merchant(req: Req) -> s.MerchantOut:
         c.execute(
             "INSERT INTO merchants (mid, name, mcc, fee_bp, min_amount, max_amount, status,"
             " permitted, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (b.mid, b.name, b.mcc, b.fee_bp, b.min_amount, b.max_amount, b.status,
-             ",".join(sorted(set(b.permitted))), ts),
-        )  # fmt: skip
+            (
+                b.mid,
+                b.name,
+                b.mcc,
+                b.fee_bp,
+                b.min_amount,
+                b.max_amount,
+                b.status,
+                ",".join(sorted(set(b.permitted))),
+                ts,
+            ),
+        )
         c.execute(
             "INSERT INTO payment_methods (mid, method, updated_at) VALUES (?, 'bankcard', ?)"
             " ON CONFLICT (mid, method) DO NOTHING",
@@ -127,8 +160,14 @@ async def create_merchant(req: Req) -> s.MerchantOut:
     return _merchant(row)
 
 
-@api.op("GET", "/v1/merchants/{mid}", "One merchant", tag="merchants", roles=READ,
-        response=s.MerchantOut)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/merchants/{mid}",
+    "One merchant",
+    tag="merchants",
+    roles=READ,
+    response=s.MerchantOut,
+)
 async def get_merchant(req: Req) -> s.MerchantOut:
     mid = req.path["mid"]
     row = await req.ctx.db.fetchone(f"SELECT {_MERCHANT_COLS} FROM merchants WHERE mid = ?", (mid,))
@@ -137,9 +176,15 @@ async def get_merchant(req: Req) -> s.MerchantOut:
     return _merchant(row)
 
 
-@api.op("PATCH", "/v1/merchants/{mid}", "Change a merchant's name, MCC, fee, limits, status "
-        "or permitted kinds", tag="merchants", roles=ADMIN, body=s.MerchantPatch,
-        response=s.MerchantOut)  # fmt: skip
+@api.op(
+    "PATCH",
+    "/v1/merchants/{mid}",
+    "Change a merchant's name, MCC, fee, limits, status or permitted kinds",
+    tag="merchants",
+    roles=ADMIN,
+    body=s.MerchantPatch,
+    response=s.MerchantOut,
+)
 async def patch_merchant(req: Req) -> s.MerchantOut:
     mid = req.path["mid"]
     b: s.MerchantPatch = req.body
@@ -155,8 +200,10 @@ async def patch_merchant(req: Req) -> s.MerchantOut:
         _check_limits(changes.get("min_amount", cur[0]), changes.get("max_amount", cur[1]))
         if changes:
             sets = ", ".join(f"{k} = ?" for k in changes)
-            c.execute(f"UPDATE merchants SET {sets}, updated_at = ? WHERE mid = ?",
-                      (*changes.values(), now_us(), mid))  # fmt: skip
+            c.execute(
+                f"UPDATE merchants SET {sets}, updated_at = ? WHERE mid = ?",
+                (*changes.values(), now_us(), mid),
+            )
             bump_version(c)
         c.execute(f"SELECT {_MERCHANT_COLS} FROM merchants WHERE mid = ?", (mid,))
         return c.fetchone()  # type: ignore[return-value]
@@ -176,8 +223,9 @@ _TERMINAL_SELECT = (
 
 
 def _terminal(r: tuple, kcv: str | None = None) -> s.TerminalOut:  # type: ignore[type-arg]
-    return s.TerminalOut(tid=r[0], mid=r[1], status=r[2], updated_at_us=r[3],
-                         signed_on_at_us=r[4], tmk_kcv=kcv)  # fmt: skip
+    return s.TerminalOut(
+        tid=r[0], mid=r[1], status=r[2], updated_at_us=r[3], signed_on_at_us=r[4], tmk_kcv=kcv
+    )
 
 
 async def _import_tmk(ctx: AdminContext, key: str, kcv: str | None) -> tuple[str, str]:
@@ -199,8 +247,15 @@ async def _import_tmk(ctx: AdminContext, key: str, kcv: str | None) -> tuple[str
     return imported.under_lmk, got
 
 
-@api.op("GET", "/v1/terminals", "List terminals", tag="terminals", roles=READ,
-        query=s.TerminalQuery, response=s.TerminalList)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/terminals",
+    "List terminals",
+    tag="terminals",
+    roles=READ,
+    query=s.TerminalQuery,
+    response=s.TerminalList,
+)
 async def list_terminals(req: Req) -> s.TerminalList:
     q: s.TerminalQuery = req.query
     after = decode_cursor(q.cursor, (str,))[0] if q.cursor else ""
@@ -215,9 +270,16 @@ async def list_terminals(req: Req) -> s.TerminalList:
     return s.TerminalList(items=items, next_cursor=nxt)
 
 
-@api.op("POST", "/v1/terminals", "Create a terminal, injecting its TMK (encrypted under the "
-        "switch KEK; never returned)", tag="terminals", roles=ADMIN, body=s.TerminalIn,
-        response=s.TerminalOut, status=201)  # fmt: skip
+@api.op(
+    "POST",
+    "/v1/terminals",
+    "Create a terminal, injecting its TMK (encrypted under the switch KEK; never returned)",
+    tag="terminals",
+    roles=ADMIN,
+    body=s.TerminalIn,
+    response=s.TerminalOut,
+    status=201,
+)
 async def create_terminal(req: Req) -> s.TerminalOut:
     b: s.TerminalIn = req.body
     ctx = req.ctx
@@ -249,21 +311,34 @@ async def create_terminal(req: Req) -> s.TerminalOut:
     return _terminal(row, kcv)
 
 
-@api.op("GET", "/v1/terminals/{tid}", "One terminal", tag="terminals", roles=READ,
-        response=s.TerminalOut)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/terminals/{tid}",
+    "One terminal",
+    tag="terminals",
+    roles=READ,
+    response=s.TerminalOut,
+)
 async def get_terminal(req: Req) -> s.TerminalOut:
     tid = req.path["tid"]
     row = await req.ctx.db.fetchone(_TERMINAL_SELECT + " WHERE t.tid = ?", (tid,))
-    if row is None or (req.principal and req.principal.role == "merchant"
-                       and row[1] != req.principal.mid):  # fmt: skip
+    if row is None or (
+        req.principal and req.principal.role == "merchant" and row[1] != req.principal.mid
+    ):
         # Another merchant's terminal is "not found", not "forbidden": no enumeration.
         raise not_found(f"terminal {tid}")
     return _terminal(row)
 
 
-@api.op("PATCH", "/v1/terminals/{tid}", "Change a terminal's status or inject a new TMK "
-        "(the terminal must then sign on again)", tag="terminals", roles=ADMIN,
-        body=s.TerminalPatch, response=s.TerminalOut)  # fmt: skip
+@api.op(
+    "PATCH",
+    "/v1/terminals/{tid}",
+    "Change a terminal's status or inject a new TMK (the terminal must then sign on again)",
+    tag="terminals",
+    roles=ADMIN,
+    body=s.TerminalPatch,
+    response=s.TerminalOut,
+)
 async def patch_terminal(req: Req) -> s.TerminalOut:
     tid = req.path["tid"]
     b: s.TerminalPatch = req.body
@@ -279,11 +354,15 @@ async def patch_terminal(req: Req) -> s.TerminalOut:
         if c.fetchone() is None:
             raise not_found(f"terminal {tid}")
         if b.status is not None:
-            c.execute("UPDATE terminals SET status = ?, updated_at = ? WHERE tid = ?",
-                      (b.status, now_us(), tid))  # fmt: skip
+            c.execute(
+                "UPDATE terminals SET status = ?, updated_at = ? WHERE tid = ?",
+                (b.status, now_us(), tid),
+            )
         if tmk is not None:
-            c.execute("UPDATE terminals SET tmk_lmk = ?, updated_at = ? WHERE tid = ?",
-                      (tmk[0], now_us(), tid))  # fmt: skip
+            c.execute(
+                "UPDATE terminals SET tmk_lmk = ?, updated_at = ? WHERE tid = ?",
+                (tmk[0], now_us(), tid),
+            )
             # Working keys came from the old TMK: the terminal signs on again.
             c.execute("DELETE FROM sessions WHERE tid = ?", (tid,))
         if b.status is not None or tmk is not None:
@@ -314,15 +393,30 @@ async def _card_out(ctx: AdminContext, row: tuple) -> s.CardOut:  # type: ignore
     if acct is None:
         raise not_found("the card's account")
     return s.CardOut(
-        masked_pan=row[1], bin=row[2], expiry=row[3], status=row[4], pin_failures=row[5],
-        balance=acct.balance, available=acct.available, credit_limit=acct.credit_limit or 0,
-        currency=acct.currency, updated_at_us=row[6],
-    )  # fmt: skip
+        masked_pan=row[1],
+        bin=row[2],
+        expiry=row[3],
+        status=row[4],
+        pin_failures=row[5],
+        balance=acct.balance,
+        available=acct.available,
+        credit_limit=acct.credit_limit or 0,
+        currency=acct.currency,
+        updated_at_us=row[6],
+    )
 
 
-@api.op("POST", "/v1/cards", "Issue an on-us card: its PIN goes to the HSM (PVV), its account "
-        "to the ledger with an optional opening balance from the suspense account",
-        tag="cards", roles=ADMIN, body=s.CardIn, response=s.CardOut, status=201)  # fmt: skip
+@api.op(
+    "POST",
+    "/v1/cards",
+    "Issue an on-us card: its PIN goes to the HSM (PVV), its account "
+    "to the ledger with an optional opening balance from the suspense account",
+    tag="cards",
+    roles=ADMIN,
+    body=s.CardIn,
+    response=s.CardOut,
+    status=201,
+)
 async def create_card(req: Req) -> s.CardOut:
     b: s.CardIn = req.body
     ctx = req.ctx
@@ -354,10 +448,18 @@ async def create_card(req: Req) -> s.CardOut:
         CreateAccount(cid, AccountKind.CARDHOLDER, cur, masked, b.credit_limit or None)
     ]
     if b.opening_balance:
-        ops.insert(0, CreateAccount(suspense_account_id(cur), AccountKind.SUSPENSE, cur,
-                                    "demo funding"))  # fmt: skip
-        ops.append(Transfer(transfer_id("ADMIN", 0, 0, f"opening-{cid}"), suspense_account_id(cur),
-                            cid, b.opening_balance, "funding"))  # fmt: skip
+        ops.insert(
+            0, CreateAccount(suspense_account_id(cur), AccountKind.SUSPENSE, cur, "demo funding")
+        )
+        ops.append(
+            Transfer(
+                transfer_id("ADMIN", 0, 0, f"opening-{cid}"),
+                suspense_account_id(cur),
+                cid,
+                b.opening_balance,
+                "funding",
+            )
+        )
     await _ledger(ctx, ops, "the card account")
 
     def go(c: Cursor) -> tuple:  # type: ignore[type-arg]
@@ -378,20 +480,33 @@ async def create_card(req: Req) -> s.CardOut:
     return await _card_out(ctx, row)
 
 
-@api.op("GET", "/v1/cards/{pan}", "An on-us card: status, balance and available (minor units)",
-        tag="cards", roles=ADMIN, response=s.CardOut)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/cards/{pan}",
+    "An on-us card: status, balance and available (minor units)",
+    tag="cards",
+    roles=ADMIN,
+    response=s.CardOut,
+)
 async def get_card(req: Req) -> s.CardOut:
     cid = _card_id(req, req.path["pan"])
-    row = await req.ctx.db.fetchone(f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?",
-                                    (str(cid),))  # fmt: skip
+    row = await req.ctx.db.fetchone(
+        f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?", (str(cid),)
+    )
     if row is None:
         raise not_found("card")
     return await _card_out(req.ctx, row)
 
 
-@api.op("PATCH", "/v1/cards/{pan}", "Change a card's status or clear its PIN tries "
-        "(the balance is the ledger's, read-only)", tag="cards", roles=ADMIN,
-        body=s.CardPatch, response=s.CardOut)  # fmt: skip
+@api.op(
+    "PATCH",
+    "/v1/cards/{pan}",
+    "Change a card's status or clear its PIN tries (the balance is the ledger's, read-only)",
+    tag="cards",
+    roles=ADMIN,
+    body=s.CardPatch,
+    response=s.CardOut,
+)
 async def patch_card(req: Req) -> s.CardOut:
     cid = str(_card_id(req, req.path["pan"]))
     b: s.CardPatch = req.body
@@ -401,11 +516,15 @@ async def patch_card(req: Req) -> s.CardOut:
         if c.fetchone() is None:
             raise not_found("card")
         if b.status is not None:
-            c.execute("UPDATE cards SET status = ?, updated_at = ? WHERE card_id = ?",
-                      (b.status, now_us(), cid))  # fmt: skip
+            c.execute(
+                "UPDATE cards SET status = ?, updated_at = ? WHERE card_id = ?",
+                (b.status, now_us(), cid),
+            )
         if b.reset_pin_failures:
-            c.execute("UPDATE cards SET pin_failures = 0, updated_at = ? WHERE card_id = ?",
-                      (now_us(), cid))  # fmt: skip
+            c.execute(
+                "UPDATE cards SET pin_failures = 0, updated_at = ? WHERE card_id = ?",
+                (now_us(), cid),
+            )
         if b.status is not None or b.reset_pin_failures:
             bump_version(c)
         c.execute(f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?", (cid,))
@@ -426,8 +545,14 @@ def _pm(r: tuple) -> s.PaymentMethodOut:  # type: ignore[type-arg]
     return s.PaymentMethodOut(mid=r[0], method=r[1], updated_at_us=r[-1], **flags)
 
 
-@api.op("GET", "/v1/merchants/{mid}/payment-methods", "A merchant's payment methods and flags",
-        tag="erp", roles=READ, response=list[s.PaymentMethodOut])  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/merchants/{mid}/payment-methods",
+    "A merchant's payment methods and flags",
+    tag="erp",
+    roles=READ,
+    response=list[s.PaymentMethodOut],
+)
 async def list_payment_methods(req: Req) -> list[s.PaymentMethodOut]:
     mid = req.path["mid"]
 
@@ -439,8 +564,14 @@ async def list_payment_methods(req: Req) -> list[s.PaymentMethodOut]:
     return [_pm(r) for r in await req.ctx.db.run(go)]
 
 
-@api.op("GET", "/v1/merchants/{mid}/payment-methods/{method}", "One payment method",
-        tag="erp", roles=READ, response=s.PaymentMethodOut)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/merchants/{mid}/payment-methods/{method}",
+    "One payment method",
+    tag="erp",
+    roles=READ,
+    response=s.PaymentMethodOut,
+)
 async def get_payment_method(req: Req) -> s.PaymentMethodOut:
     mid, method = req.path["mid"], req.path["method"]
     row = await req.ctx.db.fetchone(
@@ -451,9 +582,16 @@ async def get_payment_method(req: Req) -> s.PaymentMethodOut:
     return _pm(row)
 
 
-@api.op("PUT", "/v1/merchants/{mid}/payment-methods/{method}", "Set a payment method's flags "
-        "(the switch enforces allow_sale/allow_refund of `bankcard` at once)", tag="erp",
-        roles=ADMIN, body=s.PaymentMethodIn, response=s.PaymentMethodOut)  # fmt: skip
+@api.op(
+    "PUT",
+    "/v1/merchants/{mid}/payment-methods/{method}",
+    "Set a payment method's flags "
+    "(the switch enforces allow_sale/allow_refund of `bankcard` at once)",
+    tag="erp",
+    roles=ADMIN,
+    body=s.PaymentMethodIn,
+    response=s.PaymentMethodOut,
+)
 async def put_payment_method(req: Req) -> s.PaymentMethodOut:
     mid, method = req.path["mid"], req.path["method"]
     b: s.PaymentMethodIn = req.body
@@ -473,8 +611,9 @@ async def put_payment_method(req: Req) -> s.PaymentMethodOut:
             (mid, method, *values, now_us()),
         )
         bump_version(c)
-        c.execute(f"SELECT {_PM_COLS} FROM payment_methods WHERE mid = ? AND method = ?",
-                  (mid, method))  # fmt: skip
+        c.execute(
+            f"SELECT {_PM_COLS} FROM payment_methods WHERE mid = ? AND method = ?", (mid, method)
+        )
         return c.fetchone()  # type: ignore[return-value]
 
     row = await req.ctx.db.run(go)
@@ -485,8 +624,14 @@ async def put_payment_method(req: Req) -> s.PaymentMethodOut:
 # --- tokens -------------------------------------------------------------------
 
 
-@api.op("GET", "/v1/tokens", "API tokens (names and roles; never the tokens)", tag="tokens",
-        roles=ADMIN, response=list[s.TokenOut])  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/tokens",
+    "API tokens (names and roles; never the tokens)",
+    tag="tokens",
+    roles=ADMIN,
+    response=list[s.TokenOut],
+)
 async def list_tokens(req: Req) -> list[s.TokenOut]:
     rows = await req.ctx.db.fetchall(
         "SELECT name, role, mid, created_at FROM api_tokens ORDER BY name"
@@ -494,8 +639,16 @@ async def list_tokens(req: Req) -> list[s.TokenOut]:
     return [s.TokenOut(name=r[0], role=r[1], mid=r[2], created_at_us=r[3]) for r in rows]
 
 
-@api.op("POST", "/v1/tokens", "Issue a token (shown once; stored hashed)", tag="tokens",
-        roles=ADMIN, body=s.TokenIn, response=s.TokenCreated, status=201)  # fmt: skip
+@api.op(
+    "POST",
+    "/v1/tokens",
+    "Issue a token (shown once; stored hashed)",
+    tag="tokens",
+    roles=ADMIN,
+    body=s.TokenIn,
+    response=s.TokenCreated,
+    status=201,
+)
 async def create_token(req: Req) -> s.TokenCreated:
     b: s.TokenIn = req.body
     if (b.role == "merchant") != (b.mid is not None):
@@ -519,8 +672,13 @@ async def create_token(req: Req) -> s.TokenCreated:
     return s.TokenCreated(name=b.name, role=b.role, mid=b.mid, created_at_us=ts, token=token)
 
 
-@api.op("DELETE", "/v1/tokens/{name}", "Revoke a token (effective within 5 s)", tag="tokens",
-        roles=ADMIN)  # fmt: skip
+@api.op(
+    "DELETE",
+    "/v1/tokens/{name}",
+    "Revoke a token (effective within 5 s)",
+    tag="tokens",
+    roles=ADMIN,
+)
 async def delete_token(req: Req) -> None:
     name = req.path["name"]
 

@@ -17,8 +17,10 @@ from .errors import ApiError, not_found
 
 api = Api()
 
-_COLS = ("tid, batch, stan, reversal, kind, mid, rc, amount, masked_pan, rrn, auth_code,"
-         " created_at, orig_batch, orig_stan")  # fmt: skip
+_COLS = (
+    "tid, batch, stan, reversal, kind, mid, rc, amount, masked_pan, rrn, auth_code,"
+    " created_at, orig_batch, orig_stan"
+)
 #: Newest first; the primary key breaks ties so the order (and so the cursor) is total.
 _ORDER = "created_at DESC, tid DESC, batch DESC, stan DESC, reversal DESC"
 _KEY_SHAPE = (int, str, int, int, int)
@@ -30,14 +32,32 @@ def txn_id(tid: str, batch: int, stan: int, reversal: bool) -> str:
 
 def _out(r: tuple) -> s.TxnOut:  # type: ignore[type-arg]
     return s.TxnOut(
-        id=txn_id(r[0], r[1], r[2], bool(r[3])), tid=r[0], batch=r[1], stan=r[2],
-        reversal=bool(r[3]), kind=r[4], mid=r[5], rc=r[6], approved=r[6] == "00", amount=r[7],
-        masked_pan=r[8], rrn=r[9], auth_code=r[10], created_at_us=r[11],
-    )  # fmt: skip
+        id=txn_id(r[0], r[1], r[2], bool(r[3])),
+        tid=r[0],
+        batch=r[1],
+        stan=r[2],
+        reversal=bool(r[3]),
+        kind=r[4],
+        mid=r[5],
+        rc=r[6],
+        approved=r[6] == "00",
+        amount=r[7],
+        masked_pan=r[8],
+        rrn=r[9],
+        auth_code=r[10],
+        created_at_us=r[11],
+    )
 
 
-@api.op("GET", "/v1/transactions", "Search transactions (newest first, cursor pagination)",
-        tag="transactions", roles=READ, query=s.TxnQuery, response=s.TxnList)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/transactions",
+    "Search transactions (newest first, cursor pagination)",
+    tag="transactions",
+    roles=READ,
+    query=s.TxnQuery,
+    response=s.TxnList,
+)
 async def search(req: Req) -> s.TxnList:
     q: s.TxnQuery = req.query
     where: list[str] = []
@@ -83,15 +103,26 @@ async def search(req: Req) -> s.TxnList:
 
 def _parse_id(value: str) -> tuple[str, int, int, int]:
     parts = value.split(".")
-    if (len(parts) != 4 or not all(p.isdigit() for p in parts[1:]) or len(parts[0]) != 8
-            or parts[3] not in ("0", "1") or len(parts[1]) > 6 or len(parts[2]) > 6):  # fmt: skip
+    if (
+        len(parts) != 4
+        or not all(p.isdigit() for p in parts[1:])
+        or len(parts[0]) != 8
+        or parts[3] not in ("0", "1")
+        or len(parts[1]) > 6
+        or len(parts[2]) > 6
+    ):
         raise ApiError(422, "invalid", "a transaction id is TID.BATCH.STAN.REVERSAL", "txn_id")
     return parts[0], int(parts[1]), int(parts[2]), int(parts[3])
 
 
-@api.op("GET", "/v1/transactions/{txn_id}", "One transaction in full, with its ledger legs "
-        "(never a full PAN, track or PIN block)", tag="transactions", roles=READ,
-        response=s.TxnDetail)  # fmt: skip
+@api.op(
+    "GET",
+    "/v1/transactions/{txn_id}",
+    "One transaction in full, with its ledger legs (never a full PAN, track or PIN block)",
+    tag="transactions",
+    roles=READ,
+    response=s.TxnDetail,
+)
 async def detail(req: Req) -> s.TxnDetail:
     tid, batch, stan, rev = _parse_id(req.path["txn_id"])
     row = await req.ctx.db.fetchone(
@@ -109,8 +140,11 @@ async def detail(req: Req) -> s.TxnDetail:
         if records:
             break
     cur = req.ctx.currency
-    names = {merchant_account_id(base.mid): "merchant", fee_account_id(cur): "fee_income",
-             suspense_account_id(cur): "suspense"}  # fmt: skip
+    names = {
+        merchant_account_id(base.mid): "merchant",
+        fee_account_id(cur): "fee_income",
+        suspense_account_id(cur): "suspense",
+    }
     legs = []
     fee = 0
     for rec in records:
@@ -119,12 +153,23 @@ async def detail(req: Req) -> s.TxnDetail:
         credit = names.get(rec.credit_account_id, "card")
         if leg > 0:
             fee += rec.amount if credit == "fee_income" else -rec.amount
-        legs.append(s.LegOut(
-            leg=leg, type=str(rec.type), code=rec.code, amount=rec.amount, debit=debit,
-            credit=credit, pending_state=str(rec.pending_state) if rec.pending_state else None,
-            reversed=rec.reversed_by is not None, refunded=rec.refunded,
-        ))  # fmt: skip
+        legs.append(
+            s.LegOut(
+                leg=leg,
+                type=str(rec.type),
+                code=rec.code,
+                amount=rec.amount,
+                debit=debit,
+                credit=credit,
+                pending_state=str(rec.pending_state) if rec.pending_state else None,
+                reversed=rec.reversed_by is not None,
+                refunded=rec.refunded,
+            )
+        )
     return s.TxnDetail(
         **{f: getattr(base, f) for f in base.__struct_fields__},
-        orig_batch=row[12], orig_stan=row[13], legs=legs, fee=fee,
+        orig_batch=row[12],
+        orig_stan=row[13],
+        legs=legs,
+        fee=fee,
     )

@@ -33,9 +33,11 @@ Expiry = Annotated[str, Meta(pattern=r"^[0-9]{4}$", description="YYMM")]
 Pin = Annotated[str, Meta(pattern=r"^[0-9]{4,12}$")]
 KeyUnderKek = Annotated[
     str,
-    Meta(pattern=r"^[UX]?[0-9A-Fa-f]{32}$",
-         description="the TMK encrypted under the switch KEK (Thales U/X scheme or 32 hex)"),
-]  # fmt: skip
+    Meta(
+        pattern=r"^[UX]?[0-9A-Fa-f]{32}$",
+        description="the TMK encrypted under the switch KEK (Thales U/X scheme or 32 hex)",
+    ),
+]
 Kcv = Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{6}$")]
 Points = Annotated[int, Meta(ge=0, le=10**12)]
 Month = Annotated[int, Meta(ge=1, le=12)]
@@ -45,9 +47,17 @@ MerchantStatus = Literal["active", "suspended", "closed"]
 TerminalStatus = Literal["active", "suspended", "closed"]
 CardStatus = Literal["active", "blocked", "lost", "closed"]
 TxnKind = Literal[
-    "balance", "preauth", "preauth_cancel", "completion", "completion_advice",
-    "completion_void", "sale", "void", "refund", "reversal",
-]  # fmt: skip
+    "balance",
+    "preauth",
+    "preauth_cancel",
+    "completion",
+    "completion_advice",
+    "completion_void",
+    "sale",
+    "void",
+    "refund",
+    "reversal",
+]
 Role = Literal["admin", "merchant", "sre"]
 
 

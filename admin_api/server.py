@@ -29,9 +29,12 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
 
 
 async def serve_admin(
-    ctx: AdminContext, host: str, port: int, *,
+    ctx: AdminContext,
+    host: str,
+    port: int,
+    *,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:  # fmt: skip
+) -> None:
     """Serve until cancelled; `task_status.started` gets the bound port (port 0 works)."""
     app = build_app(ctx)
     async with trio.open_nursery() as nursery:

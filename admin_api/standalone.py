@@ -32,8 +32,7 @@ from .server import serve_admin
 log = logging.getLogger("admin_api")
 
 
-async def run(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-              ) -> None:  # fmt: skip
+async def run(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     db = open_database(cfg)
     try:
@@ -52,12 +51,23 @@ async def run(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STAT
             else:
                 addresses = list(cfg.hsm.addresses)
             if addresses:
-                hsm = await stack.enter_async_context(open_hsm_client(
-                    addresses, pool_size=cfg.hsm.pool_size, timeout=cfg.hsm.timeout_s,
-                    header_len=cfg.hsm.header_len))  # fmt: skip
+                hsm = await stack.enter_async_context(
+                    open_hsm_client(
+                        addresses,
+                        pool_size=cfg.hsm.pool_size,
+                        timeout=cfg.hsm.timeout_s,
+                        header_len=cfg.hsm.header_len,
+                    )
+                )
             ledger = await stack.enter_async_context(open_ledger(ledger_config(cfg)))
-            ctx = AdminContext(cfg=cfg, db=db, ledger=ledger, pan_key=cfg.security.pan_key.encode(),
-                               hsm=hsm, kek_zmk_lmk=kek_zmk_lmk)  # fmt: skip
+            ctx = AdminContext(
+                cfg=cfg,
+                db=db,
+                ledger=ledger,
+                pan_key=cfg.security.pan_key.encode(),
+                hsm=hsm,
+                kek_zmk_lmk=kek_zmk_lmk,
+            )
             port = await nursery.start(serve_admin, ctx, cfg.admin.host, cfg.admin.port)
             task_status.started(port)
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
