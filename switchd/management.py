@@ -74,8 +74,11 @@ async def settlement(p: Processor, txn: Txn) -> None:
         and theirs.debit_count == ours.debit_count
         and theirs.credit_amount == ours.credit_amount
         and theirs.credit_count == ours.credit_count
-        # no foreign cards are acquired here: their totals must be zero
-        and not (theirs.foreign_debit_count or theirs.foreign_credit_count)
+        # the foreign part may be absent from F48: then it counts as zeros
+        and (theirs.foreign_debit_amount or 0) == ours.foreign_debit_amount
+        and (theirs.foreign_debit_count or 0) == ours.foreign_debit_count
+        and (theirs.foreign_credit_amount or 0) == ours.foreign_credit_amount
+        and (theirs.foreign_credit_count or 0) == ours.foreign_credit_count
     )
     code = 1 if balanced else 2
     txn.fields[48] = _totals_field(
