@@ -7,15 +7,13 @@ PROMETHEUS_MULTIPROC_DIR is set (several worker processes), a fresh
 registry with a MultiProcessCollector that merges every worker's files at
 each scrape, as prometheus_client's multiprocess mode requires.
 
-Ledger figures come from `LedgerCollector`, which reads the running ledger's
-own counters at scrape time (nothing on the hot path).
+The ledger's metrics are its own (switchd.ledger.metrics).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
 import trio
 from prometheus_client import (
@@ -25,12 +23,11 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.registry import Collector
 from starlette.responses import Response
 
 import hsm.metrics  # noqa: F401  (defines the HSM client metrics in the registry)
+import switchd.ledger.metrics  # defines the ledger metrics in the registry
 import switchd.metrics  # noqa: F401  (defines the switch metrics in the registry)
 from switchd.ledger import AccountKind, CreateAccount, LedgerError, suspense_account_id
 
@@ -44,56 +41,15 @@ api = Api()
 READY_TIMEOUT_S = 2.0
 
 
-class LedgerCollector(Collector):
-    """The ledger's commit counters and queue depth, read when scraped."""
-
-    def __init__(self, ctx: AdminContext) -> None:
-        self.ctx = ctx
-
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        ledger = self.ctx.ledger
-        yield CounterMetricFamily(
-            "switchd_ledger_commits", "Ledger batches committed.", value=ledger.commits
-        )
-        yield CounterMetricFamily(
-            "switchd_ledger_committed_operations",
-            "Operation groups committed by the ledger writer.",
-            value=ledger.committed_ops,
-        )
-        yield CounterMetricFamily(
-            "switchd_ledger_commit_failures",
-            "Ledger batches whose commit failed.",
-            value=ledger.failed_commits,
-        )
-        # The writer's queue is private to the ledger; read defensively.
-        queue = getattr(ledger, "_queue", ())
-        yield GaugeMetricFamily(
-            "switchd_ledger_queue_depth",
-            "Submissions waiting for the ledger writer.",
-            value=len(queue),
-        )
-
-
 def build_registry(ctx: AdminContext) -> CollectorRegistry:
     """What /metrics serves, chosen once per app (see the module docstring)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        # Process metrics are per process and not merged; these are this one's.
-        ProcessCollector(registry=registry)
-    else:
-        registry = CollectorRegistry()
-        registry.register(_Default())
-    registry.register(LedgerCollector(ctx))
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    # Process metrics are per process and not merged; these are the serving process's.
+    ProcessCollector(registry=registry)
     return registry
-
-
-class _Default(Collector):
-    """The default registry's metrics, without registering ours into it
-    (tests build several apps in one process)."""
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        yield from REGISTRY.collect()
 
 
 @api.op(
