@@ -26,6 +26,15 @@ ERROR_STATUSES = {
     "503": "A dependency (HSM, ledger) is unavailable",
 }
 REF = "#/components/schemas/{name}"
+_KEY = r"^[0-9A-Za-z._-]{1,32}$"
+#: What each path parameter looks like (the handlers answer 404 or 422 otherwise).
+PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "mid": {"type": "string", "pattern": r"^[0-9]{15}$"},
+    "tid": {"type": "string", "pattern": r"^[0-9A-Za-z]{8}$"},
+    "pan": {"type": "string", "pattern": r"^[0-9]{13,19}$"},
+    "txn_id": {"type": "string", "pattern": r"^[0-9A-Za-z]{8}\.[0-9]{6}\.[0-9]{6}\.[01]$"},
+    "name": {"type": "string", "pattern": r"^[0-9A-Za-z._-]{1,64}$"},
+}
 
 
 def _strip_null(schema: dict[str, Any]) -> dict[str, Any]:
@@ -57,14 +66,9 @@ def build(operations: list[Operation], title: str = "switchd admin API") -> dict
         params: list[dict[str, Any]] = []
         for seg in op.path.split("/"):
             if seg.startswith("{"):
-                params.append(
-                    {
-                        "name": seg[1:-1],
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string", "minLength": 1},
-                    }
-                )
+                name = seg[1:-1]
+                schema = PATH_PARAMS.get(name, {"type": "string", "pattern": _KEY})
+                params.append({"name": name, "in": "path", "required": True, "schema": schema})
         if op.query is not None:
             name = of[id(op.query)]["$ref"].rsplit("/", 1)[1]
             q = components[name]
