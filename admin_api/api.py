@@ -26,6 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from switchd.db import Database
+
 from .auth import Principal, authenticate, check_mid, forbid
 from .context import AdminContext
 from .errors import ApiError, from_validation
@@ -84,6 +86,11 @@ class Req:
     query: Any
     body: Any
     request: Request
+
+    @property
+    def db(self) -> Database:
+        """Reads (GET) use the API's read connections; writes the switch's database."""
+        return self.ctx.read_db if self.request.method in ("GET", "HEAD") else self.ctx.db
 
     @property
     def is_admin(self) -> bool:

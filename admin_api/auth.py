@@ -62,7 +62,7 @@ async def authenticate(ctx: AdminContext, header: str | None) -> Principal:
     if hit is not None and hit[1] > now:
         principal: Principal | None = hit[0]
     else:
-        row = await ctx.db.fetchone(
+        row = await ctx.read_db.fetchone(
             "SELECT name, token_hash, role, mid FROM api_tokens WHERE token_hash = ?", (digest,)
         )
         # compare_digest: the equality the database did, repeated in constant time.

@@ -32,6 +32,8 @@ class AdminContext:
     pan_key: bytes
     hsm: HsmClient | None = None
     kek_zmk_lmk: str = ""  # the KEK as a ZMK under the LMK: what A6 imports TMKs with
+    #: Where reads go (readers.py); None until serve_admin opens it: then `db`.
+    reader: Database | None = None
     store: Store | None = None  # in-process only: reloaded right after a write
     switch: Switch | None = None  # in-process only: listener state for /readyz
     started_at: float = field(default_factory=time.time)
@@ -50,6 +52,10 @@ class AdminContext:
             store=services.store,
             switch=switch,
         )
+
+    @property
+    def read_db(self) -> Database:
+        return self.reader if self.reader is not None else self.db
 
     @property
     def currency(self) -> str:

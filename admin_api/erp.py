@@ -92,7 +92,7 @@ async def list_products(req: Req) -> s.ProductList:
         c.execute(sql + " ORDER BY code LIMIT ?", (*params, q.limit + 1))
         return c.fetchall()
 
-    rows = await req.ctx.db.run(go)
+    rows = await req.db.run(go)
     items = [_product(r) for r in rows[: q.limit]]
     nxt = encode_cursor([items[-1].code]) if len(rows) > q.limit else None
     return s.ProductList(items=items, next_cursor=nxt)
@@ -129,7 +129,7 @@ async def create_product(req: Req) -> s.ProductOut:
         )
         return _product_row(c, mid, b.code)  # type: ignore[return-value]
 
-    return _product(await req.ctx.db.run(go))
+    return _product(await req.db.run(go))
 
 
 @api.op(
@@ -146,7 +146,7 @@ async def get_product(req: Req) -> s.ProductOut:
     def go(c: Cursor) -> tuple | None:  # type: ignore[type-arg]
         return _product_row(c, mid, code)
 
-    row = await req.ctx.db.run(go)
+    row = await req.db.run(go)
     if row is None:
         raise not_found(f"product {code}")
     return _product(row)
@@ -189,7 +189,7 @@ async def patch_product(req: Req) -> s.ProductOut:
             )
         return _product_row(c, mid, code)  # type: ignore[return-value]
 
-    return _product(await req.ctx.db.run(go))
+    return _product(await req.db.run(go))
 
 
 @api.op(
@@ -214,8 +214,7 @@ async def price_history(req: Req) -> list[s.PricePoint]:
         return c.fetchall()
 
     return [
-        s.PricePoint(price=r[0], tax_rate_bp=r[1], valid_from_us=r[2])
-        for r in await req.ctx.db.run(go)
+        s.PricePoint(price=r[0], tax_rate_bp=r[1], valid_from_us=r[2]) for r in await req.db.run(go)
     ]
 
 
@@ -300,7 +299,7 @@ async def list_stock(req: Req) -> list[s.StockOut]:
         c.execute(sql + " ORDER BY location, code", params)
         return c.fetchall()
 
-    return [_stock(r) for r in await req.ctx.db.run(go)]
+    return [_stock(r) for r in await req.db.run(go)]
 
 
 @api.op(
@@ -335,7 +334,7 @@ async def put_stock(req: Req) -> s.StockOut:
         )
         return _stock_row(c, mid, location, code)  # type: ignore[return-value]
 
-    return _stock(await req.ctx.db.run(go))
+    return _stock(await req.db.run(go))
 
 
 @api.op(
@@ -376,7 +375,7 @@ async def stock_take(req: Req) -> s.StockTakeOut:
             )
         return out
 
-    lines = await req.ctx.db.run(go)
+    lines = await req.db.run(go)
     return s.StockTakeOut(take_id=take_id, location=b.location, lines=lines)
 
 
@@ -408,7 +407,7 @@ async def stock_receipt(req: Req) -> list[s.StockOut]:
             )
         return [_stock_row(c, mid, b.location, ln.code) for ln in b.lines]
 
-    return [_stock(r) for r in await req.ctx.db.run(go)]
+    return [_stock(r) for r in await req.db.run(go)]
 
 
 @api.op(
@@ -442,7 +441,7 @@ async def out_of_bounds(req: Req) -> list[s.OutOfBounds]:
             safety_stock=r[4],
             problem="over_maximum" if r[3] is not None and r[2] > r[3] else "under_safety",
         )
-        for r in await req.ctx.db.run(go)
+        for r in await req.db.run(go)
     ]
 
 
@@ -483,7 +482,7 @@ async def turnover(req: Req) -> list[s.TurnoverOut]:
         )
         return items, c.fetchall()
 
-    items, moves = await req.ctx.db.run(go)
+    items, moves = await req.db.run(go)
     out = []
     for location, code, on_hand in items:
         mine = [m for m in moves if m[0] == location and m[1] == code]
@@ -555,7 +554,7 @@ async def list_members(req: Req) -> s.MemberList:
         )
         return c.fetchall()
 
-    rows = await req.ctx.db.run(go)
+    rows = await req.db.run(go)
     items = [_member(r) for r in rows[: q.limit]]
     nxt = encode_cursor([items[-1].member_id]) if len(rows) > q.limit else None
     return s.MemberList(items=items, next_cursor=nxt)
@@ -596,7 +595,7 @@ async def create_member(req: Req) -> s.MemberOut:
         )
         return _member_row(c, mid, b.member_id)  # type: ignore[return-value]
 
-    return _member(await req.ctx.db.run(go))
+    return _member(await req.db.run(go))
 
 
 # Before /members/{member_id}: the first matching route wins.
@@ -623,7 +622,7 @@ async def birthdays(req: Req) -> list[s.MemberOut]:
         )
         return c.fetchall()
 
-    return [_member(r) for r in await req.ctx.db.run(go)]
+    return [_member(r) for r in await req.db.run(go)]
 
 
 @api.op(
@@ -636,7 +635,7 @@ async def birthdays(req: Req) -> list[s.MemberOut]:
 )
 async def get_member(req: Req) -> s.MemberOut:
     mid, member_id = req.path["mid"], req.path["member_id"]
-    row = await req.ctx.db.run(lambda c: _member_row(c, mid, member_id))
+    row = await req.db.run(lambda c: _member_row(c, mid, member_id))
     if row is None:
         raise not_found(f"member {member_id}")
     return _member(row)
@@ -669,7 +668,7 @@ async def patch_member(req: Req) -> s.MemberOut:
             )
         return _member_row(c, mid, member_id)  # type: ignore[return-value]
 
-    return _member(await req.ctx.db.run(go))
+    return _member(await req.db.run(go))
 
 
 # --- sales documents ------------------------------------------------------------
@@ -854,7 +853,7 @@ async def create_doc(req: Req) -> s.SalesDocOut:
             )
         return _doc(c, mid, _doc_row(c, mid, b.number), True)  # type: ignore[arg-type]
 
-    return await req.ctx.db.run(go)
+    return await req.db.run(go)
 
 
 @api.op(
@@ -890,7 +889,7 @@ async def list_docs(req: Req) -> s.SalesDocList:
         rows = c.fetchall()
         return rows, [_doc(c, mid, r, False) for r in rows[: q.limit]]
 
-    rows, items = await req.ctx.db.run(go)
+    rows, items = await req.db.run(go)
     nxt = encode_cursor([items[-1].number]) if len(rows) > q.limit else None
     return s.SalesDocList(items=items, next_cursor=nxt)
 
@@ -912,4 +911,4 @@ async def get_doc(req: Req) -> s.SalesDocOut:
             raise not_found(f"document {number}")
         return _doc(c, mid, row, True)
 
-    return await req.ctx.db.run(go)
+    return await req.db.run(go)

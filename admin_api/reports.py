@@ -48,7 +48,7 @@ async def merchants_in_scope(req: Req, mid: str | None) -> list[str]:
     mid = req.scope_mid(mid)
     if mid is not None:
         return [mid]
-    return [r[0] for r in await req.ctx.db.fetchall("SELECT mid FROM merchants ORDER BY mid")]
+    return [r[0] for r in await req.db.fetchall("SELECT mid FROM merchants ORDER BY mid")]
 
 
 def _leg(t: TransferRecord) -> int:
@@ -275,7 +275,7 @@ async def batches(req: Req) -> Table:
         tid, batch = decode_cursor(q.cursor, (str, int))
         where.append("(tid > ? OR (tid = ? AND batch < ?))")
         params += [tid, tid, batch]
-    rows = await req.ctx.db.fetchall(
+    rows = await req.db.fetchall(
         "SELECT tid, mid, batch, balanced, terminal_totals, host_totals, created_at"
         f" FROM settlements WHERE {' AND '.join(where)} ORDER BY tid, batch DESC LIMIT ?",
         (*params, q.limit + 1),

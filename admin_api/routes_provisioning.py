@@ -98,7 +98,7 @@ async def list_merchants(req: Req) -> s.MerchantList:
     if only is not None:
         sql += " AND mid = ?"
         params.append(only)
-    rows = await req.ctx.db.fetchall(sql + " ORDER BY mid LIMIT ?", (*params, q.limit + 1))
+    rows = await req.db.fetchall(sql + " ORDER BY mid LIMIT ?", (*params, q.limit + 1))
     items = [_merchant(r) for r in rows[: q.limit]]
     nxt = encode_cursor([items[-1].mid]) if len(rows) > q.limit else None
     return s.MerchantList(items=items, next_cursor=nxt)
@@ -170,7 +170,7 @@ async def create_merchant(req: Req) -> s.MerchantOut:
 )
 async def get_merchant(req: Req) -> s.MerchantOut:
     mid = req.path["mid"]
-    row = await req.ctx.db.fetchone(f"SELECT {_MERCHANT_COLS} FROM merchants WHERE mid = ?", (mid,))
+    row = await req.db.fetchone(f"SELECT {_MERCHANT_COLS} FROM merchants WHERE mid = ?", (mid,))
     if row is None:
         raise not_found(f"merchant {mid}")
     return _merchant(row)
@@ -208,7 +208,7 @@ async def patch_merchant(req: Req) -> s.MerchantOut:
         c.execute(f"SELECT {_MERCHANT_COLS} FROM merchants WHERE mid = ?", (mid,))
         return c.fetchone()  # type: ignore[return-value]
 
-    row = await req.ctx.db.run(go)
+    row = await req.db.run(go)
     if changes:
         await req.ctx.reference_data_changed()
     return _merchant(row)
@@ -264,7 +264,7 @@ async def list_terminals(req: Req) -> s.TerminalList:
     if mid is not None:
         sql += " AND t.mid = ?"
         params.append(mid)
-    rows = await req.ctx.db.fetchall(sql + " ORDER BY t.tid LIMIT ?", (*params, q.limit + 1))
+    rows = await req.db.fetchall(sql + " ORDER BY t.tid LIMIT ?", (*params, q.limit + 1))
     items = [_terminal(r) for r in rows[: q.limit]]
     nxt = encode_cursor([items[-1].tid]) if len(rows) > q.limit else None
     return s.TerminalList(items=items, next_cursor=nxt)
@@ -321,7 +321,7 @@ async def create_terminal(req: Req) -> s.TerminalOut:
 )
 async def get_terminal(req: Req) -> s.TerminalOut:
     tid = req.path["tid"]
-    row = await req.ctx.db.fetchone(_TERMINAL_SELECT + " WHERE t.tid = ?", (tid,))
+    row = await req.db.fetchone(_TERMINAL_SELECT + " WHERE t.tid = ?", (tid,))
     if row is None or (
         req.principal and req.principal.role == "merchant" and row[1] != req.principal.mid
     ):
@@ -490,9 +490,7 @@ async def create_card(req: Req) -> s.CardOut:
 )
 async def get_card(req: Req) -> s.CardOut:
     cid = _card_id(req, req.path["pan"])
-    row = await req.ctx.db.fetchone(
-        f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?", (str(cid),)
-    )
+    row = await req.db.fetchone(f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?", (str(cid),))
     if row is None:
         raise not_found("card")
     return await _card_out(req.ctx, row)
@@ -530,7 +528,7 @@ async def patch_card(req: Req) -> s.CardOut:
         c.execute(f"SELECT {_CARD_COLS} FROM cards WHERE card_id = ?", (cid,))
         return c.fetchone()  # type: ignore[return-value]
 
-    row = await req.ctx.db.run(go)
+    row = await req.db.run(go)
     await req.ctx.reference_data_changed()
     return await _card_out(req.ctx, row)
 
@@ -561,7 +559,7 @@ async def list_payment_methods(req: Req) -> list[s.PaymentMethodOut]:
         c.execute(f"SELECT {_PM_COLS} FROM payment_methods WHERE mid = ? ORDER BY method", (mid,))
         return c.fetchall()
 
-    return [_pm(r) for r in await req.ctx.db.run(go)]
+    return [_pm(r) for r in await req.db.run(go)]
 
 
 @api.op(
@@ -574,7 +572,7 @@ async def list_payment_methods(req: Req) -> list[s.PaymentMethodOut]:
 )
 async def get_payment_method(req: Req) -> s.PaymentMethodOut:
     mid, method = req.path["mid"], req.path["method"]
-    row = await req.ctx.db.fetchone(
+    row = await req.db.fetchone(
         f"SELECT {_PM_COLS} FROM payment_methods WHERE mid = ? AND method = ?", (mid, method)
     )
     if row is None:
@@ -616,7 +614,7 @@ async def put_payment_method(req: Req) -> s.PaymentMethodOut:
         )
         return c.fetchone()  # type: ignore[return-value]
 
-    row = await req.ctx.db.run(go)
+    row = await req.db.run(go)
     await req.ctx.reference_data_changed()
     return _pm(row)
 
@@ -633,9 +631,7 @@ async def put_payment_method(req: Req) -> s.PaymentMethodOut:
     response=list[s.TokenOut],
 )
 async def list_tokens(req: Req) -> list[s.TokenOut]:
-    rows = await req.ctx.db.fetchall(
-        "SELECT name, role, mid, created_at FROM api_tokens ORDER BY name"
-    )
+    rows = await req.db.fetchall("SELECT name, role, mid, created_at FROM api_tokens ORDER BY name")
     return [s.TokenOut(name=r[0], role=r[1], mid=r[2], created_at_us=r[3]) for r in rows]
 
 
@@ -668,7 +664,7 @@ async def create_token(req: Req) -> s.TokenCreated:
             (b.name, hash_token(token), b.role, b.mid, ts),
         )
 
-    await req.ctx.db.run(go)
+    await req.db.run(go)
     return s.TokenCreated(name=b.name, role=b.role, mid=b.mid, created_at_us=ts, token=token)
 
 
@@ -689,6 +685,6 @@ async def delete_token(req: Req) -> None:
         c.execute("DELETE FROM api_tokens WHERE name = ?", (name,))
         return True
 
-    if not await req.ctx.db.run(go):
+    if not await req.db.run(go):
         raise not_found(f"token {name}")
     req.ctx.token_cache.clear()

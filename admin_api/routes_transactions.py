@@ -92,7 +92,7 @@ async def search(req: Req) -> s.TxnList:
     sql = f"SELECT {_COLS} FROM journal"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    rows = await req.ctx.db.fetchall(f"{sql} ORDER BY {_ORDER} LIMIT ?", (*params, q.limit + 1))
+    rows = await req.db.fetchall(f"{sql} ORDER BY {_ORDER} LIMIT ?", (*params, q.limit + 1))
     items = [_out(r) for r in rows[: q.limit]]
     nxt = None
     if len(rows) > q.limit:
@@ -125,7 +125,7 @@ def _parse_id(value: str) -> tuple[str, int, int, int]:
 )
 async def detail(req: Req) -> s.TxnDetail:
     tid, batch, stan, rev = _parse_id(req.path["txn_id"])
-    row = await req.ctx.db.fetchone(
+    row = await req.db.fetchone(
         f"SELECT {_COLS} FROM journal WHERE tid = ? AND batch = ? AND stan = ? AND reversal = ?",
         (tid, batch, stan, rev),
     )

@@ -11,6 +11,7 @@ from hypercorn.trio import serve
 
 from .app import build_app
 from .context import AdminContext
+from .readers import open_reader
 
 log = logging.getLogger("admin_api")
 
@@ -36,9 +37,19 @@ async def serve_admin(
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; `task_status.started` gets the bound port (port 0 works)."""
-    app = build_app(ctx)
-    async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(serve, app, hypercorn_config(host, port))
-        bound = int(binds[0].rsplit(":", 1)[1])
-        log.info("admin API on %s:%d", host, bound)
-        task_status.started(bound)
+    own_reader = ctx.reader is None
+    if own_reader:
+        ctx.reader = open_reader(ctx.cfg, ctx.db)
+    try:
+        app = build_app(ctx)
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(serve, app, hypercorn_config(host, port))
+            bound = int(binds[0].rsplit(":", 1)[1])
+            log.info("admin API on %s:%d", host, bound)
+            task_status.started(bound)
+    finally:
+        if own_reader and ctx.reader is not ctx.db and ctx.reader is not None:
+            with trio.CancelScope(shield=True):
+                await ctx.reader.aclose()
+        if own_reader:
+            ctx.reader = None
