@@ -32,7 +32,15 @@ from .server import serve_admin
 log = logging.getLogger("admin_api")
 
 
+async def _until_signalled() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("signal %s: stopping the admin API", signal.Signals(signum).name)
+            return
+
+
 async def run(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the admin API on cfg.admin until SIGINT/SIGTERM; reports the bound port."""
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     db = open_database(cfg)
     try:
@@ -40,41 +48,44 @@ async def run(cfg: Config, *, task_status: trio.TaskStatus[int] = trio.TASK_STAT
         await migrate(db)
         if cfg.demo.enabled:
             await ensure_demo_tokens(db)
-        async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
-            hsm = None
+        # The software HSM's nursery outlives the client, ledger and server inside it.
+        async with trio.open_nursery() as hsm_nursery:
             kek_zmk_lmk = cfg.security.kek_lmk
             if cfg.hsm.embedded:
                 lmk = load_lmk(cfg.hsm.lmk)
-                hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0, cfg.hsm.header_len)
+                hsm_port = await hsm_nursery.start(
+                    serve_hsm, lmk, "127.0.0.1", 0, cfg.hsm.header_len
+                )
                 addresses = [f"127.0.0.1:{hsm_port}"]
                 kek_zmk_lmk = kek_zmk_lmk or key_under_lmk(lmk, "000", kek_bytes(cfg))
             else:
                 addresses = list(cfg.hsm.addresses)
-            if addresses:
-                hsm = await stack.enter_async_context(
-                    open_hsm_client(
-                        addresses,
-                        pool_size=cfg.hsm.pool_size,
-                        timeout=cfg.hsm.timeout_s,
-                        header_len=cfg.hsm.header_len,
+            async with AsyncExitStack() as stack:
+                hsm = None
+                if addresses:
+                    hsm = await stack.enter_async_context(
+                        open_hsm_client(
+                            addresses,
+                            pool_size=cfg.hsm.pool_size,
+                            timeout=cfg.hsm.timeout_s,
+                            header_len=cfg.hsm.header_len,
+                        )
                     )
+                ledger = await stack.enter_async_context(open_ledger(ledger_config(cfg)))
+                ctx = AdminContext(
+                    cfg=cfg,
+                    db=db,
+                    ledger=ledger,
+                    pan_key=cfg.security.pan_key.encode(),
+                    hsm=hsm,
+                    kek_zmk_lmk=kek_zmk_lmk,
                 )
-            ledger = await stack.enter_async_context(open_ledger(ledger_config(cfg)))
-            ctx = AdminContext(
-                cfg=cfg,
-                db=db,
-                ledger=ledger,
-                pan_key=cfg.security.pan_key.encode(),
-                hsm=hsm,
-                kek_zmk_lmk=kek_zmk_lmk,
-            )
-            port = await nursery.start(serve_admin, ctx, cfg.admin.host, cfg.admin.port)
-            task_status.started(port)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("signal %s: stopping the admin API", signal.Signals(signum).name)
-                    break
-            nursery.cancel_scope.cancel()
+                async with trio.open_nursery() as serving:
+                    port = await serving.start(serve_admin, ctx, cfg.admin.host, cfg.admin.port)
+                    task_status.started(port)
+                    await _until_signalled()
+                    serving.cancel_scope.cancel()
+            hsm_nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await db.aclose()
