@@ -3,6 +3,7 @@ API next to it in the same trio nursery, and HTTP clients over a real socket."""
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from admin_api.migrations import (
     migrate,
 )
 from admin_api.server import serve_admin
+from switchd.config import Ledger
 from switchd.daemon import Switch
 from tests.switchd.conftest import small_config
 
@@ -38,8 +40,8 @@ class Env:
         return httpx.AsyncClient(base_url=self.base, headers=headers, timeout=20)
 
 
-async def start_env(nursery: trio.Nursery, data_dir: Path) -> Env:
-    sw = Switch(small_config(data_dir))
+async def start_env(nursery: trio.Nursery, data_dir: Path, **overrides: object) -> Env:
+    sw = Switch(small_config(data_dir, **overrides))
     await nursery.start(sw.run)
     assert sw.services is not None
     await migrate(sw.services.store.db)
@@ -56,6 +58,27 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         yield e
         e.switch.stop()
         nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+async def pg_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """The same, with the switch database and the ledger on PostgreSQL."""
+    from tests.ledger.conftest import drop_schema, pg_dsn
+
+    dsn = pg_dsn()
+    if dsn is None:
+        pytest.skip("no PostgreSQL server reachable (set SWITCHD_TEST_PG_DSN)")
+    schema = f"admin_api_{secrets.token_hex(4)}"
+    ledger = Ledger(backend="postgres", postgres_dsn=dsn, postgres_schema=schema)
+    try:
+        async with trio.open_nursery() as nursery:
+            e = await start_env(nursery, tmp_path / "var", ledger=ledger)
+            yield e
+            e.switch.stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        drop_schema(dsn, schema)
+        drop_schema(dsn, schema + "_switch")
 
 
 @pytest.fixture
