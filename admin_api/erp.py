@@ -164,7 +164,7 @@ async def get_product(req: Req) -> s.ProductOut:
 async def patch_product(req: Req) -> s.ProductOut:
     mid, code = req.path["mid"], req.path["code"]
     b: s.ProductPatch = req.body
-    changes = {f: getattr(b, f) for f in b.__struct_fields__ if getattr(b, f) is not None}
+    changes = s.given(b)
     if "active" in changes:
         changes["active"] = int(changes["active"])
 
@@ -653,9 +653,9 @@ async def get_member(req: Req) -> s.MemberOut:
 async def patch_member(req: Req) -> s.MemberOut:
     mid, member_id = req.path["mid"], req.path["member_id"]
     b: s.MemberPatch = req.body
-    changes = {f: getattr(b, f) for f in b.__struct_fields__ if getattr(b, f) is not None}
-    if "birthday" in changes:
-        changes["birthday"] = changes["birthday"].isoformat()
+    changes = s.given(b)
+    if changes.get("birthday") is not None:
+        changes["birthday"] = changes["birthday"].isoformat()  # type: ignore[attr-defined]
 
     def go(c: Cursor) -> tuple:  # type: ignore[type-arg]
         if _member_row(c, mid, member_id) is None:

@@ -188,7 +188,7 @@ async def get_merchant(req: Req) -> s.MerchantOut:
 async def patch_merchant(req: Req) -> s.MerchantOut:
     mid = req.path["mid"]
     b: s.MerchantPatch = req.body
-    changes = {f: getattr(b, f) for f in b.__struct_fields__ if getattr(b, f) is not None}
+    changes = s.given(b)
     if "permitted" in changes:
         changes["permitted"] = ",".join(sorted(set(changes["permitted"])))
 

@@ -13,7 +13,7 @@ import datetime as dt
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 # --- constrained scalars -------------------------------------------------------
 
@@ -65,6 +65,11 @@ class In(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of request bodies and query strings."""
 
 
+def given(patch: msgspec.Struct) -> dict[str, object]:
+    """The fields a PATCH body set (null included where the type allows it)."""
+    return {f: v for f in patch.__struct_fields__ if (v := getattr(patch, f)) is not UNSET}
+
+
 class Out(msgspec.Struct, kw_only=True):
     """Base of response bodies."""
 
@@ -88,13 +93,15 @@ class MerchantIn(In, kw_only=True):
 
 
 class MerchantPatch(In, kw_only=True):
-    name: Name | None = None
-    mcc: Mcc | None = None
-    fee_bp: Basis | None = None
-    min_amount: Money | None = None
-    max_amount: Money | None = None
-    status: MerchantStatus | None = None
-    permitted: list[TxnKind] | None = None
+    """Absent fields stay as they are; a null limit removes it (the default applies)."""
+
+    name: Name | UnsetType = UNSET
+    mcc: Mcc | UnsetType = UNSET
+    fee_bp: Basis | UnsetType = UNSET
+    min_amount: Money | UnsetType | None = UNSET
+    max_amount: Money | UnsetType | None = UNSET
+    status: MerchantStatus | UnsetType = UNSET
+    permitted: list[TxnKind] | UnsetType = UNSET
 
 
 class MerchantOut(Out, kw_only=True):
@@ -339,11 +346,11 @@ class ProductIn(In, kw_only=True):
 
 
 class ProductPatch(In, kw_only=True):
-    name: Name | None = None
-    category: Text | None = None
-    price: Money | None = None
-    tax_rate_bp: Basis | None = None
-    active: bool | None = None
+    name: Name | UnsetType = UNSET
+    category: Text | UnsetType = UNSET
+    price: Money | UnsetType = UNSET
+    tax_rate_bp: Basis | UnsetType = UNSET
+    active: bool | UnsetType = UNSET
 
 
 class ProductOut(Out, kw_only=True):
@@ -462,10 +469,12 @@ class MemberIn(In, kw_only=True):
 
 
 class MemberPatch(In, kw_only=True):
-    name: Name | None = None
-    phone: Annotated[str, Meta(pattern=r"^[0-9+ -]{0,20}$")] | None = None
-    email: Annotated[str, Meta(max_length=100)] | None = None
-    birthday: dt.date | None = None
+    """Absent fields stay as they are; a null birthday removes it."""
+
+    name: Name | UnsetType = UNSET
+    phone: Annotated[str, Meta(pattern=r"^[0-9+ -]{0,20}$")] | UnsetType = UNSET
+    email: Annotated[str, Meta(max_length=100)] | UnsetType = UNSET
+    birthday: dt.date | UnsetType | None = UNSET
 
 
 class MemberOut(Out, kw_only=True):

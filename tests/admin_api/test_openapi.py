@@ -16,7 +16,7 @@ from .conftest import MID, Env
 
 ST = Path(sys.executable).with_name("st")
 #: Examples per operation: enough to hit every validation path, within the suite's budget.
-MAX_EXAMPLES = int(os.environ.get("ADMIN_API_FUZZ_EXAMPLES", "12"))
+MAX_EXAMPLES = int(os.environ.get("ADMIN_API_FUZZ_EXAMPLES", "50"))
 
 
 async def test_document_lists_exactly_the_served_routes(env: Env, admin: httpx.AsyncClient) -> None:

@@ -66,6 +66,8 @@ async def test_new_merchant_terminal_and_card_transact(env: Env, admin: httpx.As
     r = await admin.get(f"/v1/cards/{pan}")
     assert r.json()["balance"] == 380_00 and r.json()["available"] == 380_00
 
+    r = await admin.patch(f"/v1/merchants/{NEW_MID}", json={"max_amount": None})
+    assert r.status_code == 200 and r.json()["max_amount"] is None and r.json()["fee_bp"] == 100
     # status changes reach the switch at once
     r = await admin.patch(f"/v1/cards/{pan}", json={"status": "blocked"})
     assert r.status_code == 200 and r.json()["status"] == "blocked"
@@ -152,6 +154,14 @@ async def test_bad_input_names_the_field(env: Env, admin: httpx.AsyncClient) -> 
             "min_amount",
         ),
         ("PATCH", "/v1/merchants/898100012349876", b'{"name": "x"}', 404, None),
+        ("PATCH", "/v1/merchants/898100012340001", b'{"name": null}', 422, "name"),
+        (
+            "PATCH",
+            "/v1/merchants/898100012340001",
+            b'{"min_amount": 9, "max_amount": 8}',
+            422,
+            "min_amount",
+        ),
         ("GET", "/v1/transactions?limit=0", None, 422, "limit"),
         ("GET", "/v1/transactions?cursor=zzz", None, 422, "cursor"),
         ("GET", "/v1/transactions?kind=sell", None, 422, "kind"),
