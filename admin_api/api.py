@@ -176,6 +176,21 @@ class Api:
         ]
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, refused as soon as it passes MAX_BODY (never buffered beyond it)."""
+    too_large = ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes", "body")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -221,9 +236,7 @@ async def _dispatch(ctx: AdminContext, op: Operation, request: Request) -> Respo
         check_mid(principal, path["mid"])
     body = None
     if op.body is not None:
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "too_large", f"the body is over {MAX_BODY} bytes", "body")
+        raw = await _read_body(request)
         try:
             body = msgspec.json.decode(raw, type=op.body)
         except msgspec.ValidationError as exc:

@@ -33,8 +33,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(all_: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
-    return sum(v for (n, ls), v in all_.items()
-               if n == name and set(labels.items()) <= set(ls))  # fmt: skip
+    return sum(v for (n, ls), v in all_.items() if n == name and set(labels.items()) <= set(ls))
 
 
 async def scrape(env: Env) -> str:
@@ -64,8 +63,12 @@ async def test_metrics_move_with_traffic(env: Env) -> None:
     assert value(after, "switchd_terminal_connections_accepted_total") >= 1
     assert value(after, "switchd_terminal_connections") >= 1
     assert value(after, "hsm_client_hsm_up") >= 1
-    for present in ("switchd_transactions_in_flight", "switchd_ledger_queue_depth",
-                    "process_cpu_seconds_total", "switchd_mac_failures_total"):  # fmt: skip
+    for present in (
+        "switchd_transactions_in_flight",
+        "switchd_ledger_queue_depth",
+        "process_cpu_seconds_total",
+        "switchd_mac_failures_total",
+    ):
         assert any(n == present for n, _ in after), present
 
 
@@ -100,8 +103,13 @@ async def test_rules_and_dashboard_use_served_metrics(env: Env) -> None:
     missing = (referenced(rules) | referenced("\n".join(exprs))) - names
     assert not missing, f"not served: {sorted(missing)}"
     alerts = set(re.findall(r"alert: (\w+)", rules))
-    assert {"SwitchApprovalRateDrop", "SwitchMacFailureSpike", "SwitchHsmDown",
-            "SwitchLedgerCommitSlow", "SwitchP99OverBudget"} <= alerts  # fmt: skip
+    assert {
+        "SwitchApprovalRateDrop",
+        "SwitchMacFailureSpike",
+        "SwitchHsmDown",
+        "SwitchLedgerCommitSlow",
+        "SwitchP99OverBudget",
+    } <= alerts
 
 
 def test_promtool_accepts_the_rules() -> None:
@@ -109,6 +117,14 @@ def test_promtool_accepts_the_rules() -> None:
     if promtool is None:
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     out = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    # The example scrape configuration (its credentials file need not exist to be checked).
+    out = subprocess.run(
+        [promtool, "check", "config", "--syntax-only", "prometheus.yml"],
+        capture_output=True,
+        text=True,
+        cwd=RULES.parent,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -134,3 +150,35 @@ async def test_readyz_reports_each_check(env: Env, admin: httpx.AsyncClient) -> 
     r = await admin.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["listeners"] == "not listening"
     env.switch.listeners.draining = False  # type: ignore[union-attr]
+
+
+MULTIPROCESS_SCRIPT = """
+import os, sys
+from prometheus_client import generate_latest
+from switchd import metrics
+from admin_api.metrics_view import build_registry
+metrics.TRANSACTIONS.labels("sale", "00").inc(3)
+metrics.IN_FLIGHT.inc()
+text = generate_latest(build_registry(None)).decode()
+sys.stdout.write(text)
+"""
+
+
+def test_multiprocess_metrics_are_merged(tmp_path: Path) -> None:
+    """With PROMETHEUS_MULTIPROC_DIR, what two worker processes counted is served as one."""
+    import os
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):  # two "workers", each counting 3 sales
+        out = subprocess.run(
+            [sys.executable, "-c", MULTIPROCESS_SCRIPT],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        assert out.returncode == 0, out.stderr
+    got = samples(out.stdout)
+    assert value(got, "switchd_transactions_total", kind="sale", response_code="00") == 6
+    assert any(n == "process_cpu_seconds_total" for n, _ in got)

@@ -198,5 +198,8 @@ async def test_bad_input_names_the_field(env: Env, admin: httpx.AsyncClient) -> 
         assert body["error"] and body["message"]
         if field is not None:
             assert body["field"] == field, (path, content, body)
+    big = b'{"mid": "898100012340009", "name": "' + b"x" * (2 << 20) + b'"}'
+    r = await admin.post("/v1/merchants", content=big)
+    assert r.status_code == 413 and r.json()["field"] == "body"
     # nothing half-written: the refused merchants are not there
     assert (await admin.get("/v1/merchants/898100012340009")).status_code == 404
