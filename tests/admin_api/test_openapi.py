@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import jsonschema_rs
+import pytest
 import trio
 
 from admin_api.app import operations
@@ -70,13 +71,24 @@ async def test_responses_match_their_schemas(env: Env, admin: httpx.AsyncClient)
     check("/v1/merchants/{mid}", "get", 404, r.json())
 
 
-async def test_schemathesis_finds_no_server_error(env: Env, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("token", "examples", "extra"),
+    [
+        ("demo-admin-token", MAX_EXAMPLES, []),
+        # A merchant's token on what it may read: scoping paths must not fail either.
+        (f"demo-merchant-{MID}", 10, ["--include-method", "GET"]),
+    ],
+    ids=["admin", "merchant"],
+)
+async def test_schemathesis_finds_no_server_error(
+    env: Env, tmp_path: Path, token: str, examples: int, extra: list[str]
+) -> None:
     cmd = [
         str(ST), "run", f"{env.base}/openapi.json",
         "--checks", "not_a_server_error,status_code_conformance,response_schema_conformance,"
         "content_type_conformance",
-        "--max-examples", str(MAX_EXAMPLES),
-        "--header", "Authorization: Bearer demo-admin-token",
+        "--max-examples", str(examples),
+        "--header", f"Authorization: Bearer {token}",
         # One worker: parallel workers are threads, and CPython 3.11's ast.parse (which
         # hypothesis uses to describe filters) is not thread-safe.
         "--workers", "1",
@@ -87,6 +99,7 @@ async def test_schemathesis_finds_no_server_error(env: Env, tmp_path: Path) -> N
         "--request-timeout", "20",
         # the token endpoints would revoke the token the run itself uses
         "--exclude-path-regex", "^/v1/tokens",
+        *extra,
     ]  # fmt: skip
     with trio.fail_after(120):
         done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
