@@ -102,6 +102,9 @@ async def test_schemathesis_finds_no_server_error(
         *extra,
     ]  # fmt: skip
     with trio.fail_after(120):
-        done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
+        # cwd: schemathesis keeps a cache directory in the working directory.
+        done = await trio.run_process(
+            cmd, capture_stdout=True, capture_stderr=True, check=False, cwd=tmp_path
+        )
     out = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, out[-6000:]
