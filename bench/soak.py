@@ -21,7 +21,8 @@ would). Then, all at once, for the duration:
   same port some seconds later.
 
 At the end: the switch must still serve (sign-on and a PIN-verified
-balance inquiry), its memory is reported over time, it is stopped
+balance inquiry), its memory must have levelled off (RSS growth over the
+second half at most 20 % of the midpoint or 50 MB), it is stopped
 (SIGTERM, must exit 0), and the ledger is opened read-only: every card's
 available balance must equal 100,000.00 minus what the fleet saw approved
 for it (cards with an unresolved outcome are listed apart), and the
@@ -72,6 +73,8 @@ STALL_EVERY_S = 10.0
 STORM_SIZE = 3000
 FRAME_TIMEOUT_S = Config().terminals.frame_timeout_s
 HSM_DOWN_S = 10.0
+#: RSS the switch may still gain over the second half of a soak without it counting as growth.
+MEMORY_SLACK_MB = 50.0
 
 
 @dataclass
@@ -361,10 +364,15 @@ def run_soak(args: argparse.Namespace) -> int:
     result["ledger"] = check_ledger(work / "var" / "ledger.sqlite", tally, CARDS)
     f = soak.found
     mem = [m for _, m in f.memory]
+    # Bounded memory: after the first half (caches warm, batches settling, the
+    # journal's open batches at their steady size) RSS must level off.
+    mid = mem[len(mem) // 2] if mem else 0.0
+    growth = (mem[-1] - mid) if mem else 0.0
+    bounded = growth <= max(MEMORY_SLACK_MB, 0.2 * mid)
     result["memory_mb"] = {
-        "first": mem[0] if mem else None, "max": max(mem) if mem else None,
-        "last": mem[-1] if mem else None,
-        "series": f.memory[:: max(1, len(f.memory) // 40)],
+        "first": mem[0] if mem else None, "mid": mid, "max": max(mem) if mem else None,
+        "last": mem[-1] if mem else None, "second_half_growth": round(growth, 1),
+        "bounded": bounded, "series": f.memory[:: max(1, len(f.memory) // 40)],
     }  # fmt: skip
     result["misbehaving"] = {
         "garbage": dict(f.garbage), "wrong_mac": dict(f.wrong_mac), "stalls": dict(f.stalls),
@@ -378,6 +386,7 @@ def run_soak(args: argparse.Namespace) -> int:
     ok = (
         not f.errors and not result["fleet"]["errors"]  # type: ignore[index]
         and exit_code == 0 and serves.get("balance_rc") == "00"  # type: ignore[union-attr]
+        and bounded
         and not ledger["mismatched_count"] and not ledger["audit_problems"]  # type: ignore[index]
     )
     result["ok"] = ok
