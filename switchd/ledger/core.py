@@ -92,12 +92,42 @@ class Changes(msgspec.Struct):
     new_accounts: list[tuple[object, ...]]
     account_updates: list[tuple[object, ...]]
     new_transfers: list[tuple[object, ...]]
+    #: Plain posted transfers (the bulk of every batch) in the shorter shape
+    #: POSTED_COLUMNS: their type, ref_id, expires_at and post_tolerance are
+    #: always 'posted', NULL, NULL, 0, so they are not carried (nor bound) per row.
+    new_posted: list[tuple[object, ...]]
     new_states: list[tuple[object, ...]]
     state_updates: list[tuple[object, ...]]
     rejections: list[tuple[object, ...]]
     batch_inserts: list[tuple[object, ...]]  # (terminal_id, current_batch, updated_at)
     batch_updates: list[tuple[object, ...]]  # (current_batch, updated_at, terminal_id)
     closures: list[tuple[object, ...]]
+
+
+#: The columns of a `Changes.new_posted` row, in order.
+POSTED_COLUMNS = (
+    "id",
+    "debit_account_id",
+    "credit_account_id",
+    "amount",
+    "code",
+    "fingerprint",
+    "created_at",
+    "terminal_id",
+    "merchant_id",
+    "batch_no",
+    "stan",
+    "txn_kind",
+    "leg",
+    "rrn",
+    "masked_pan",
+    "foreign_card",
+)
+
+
+def posted_as_transfer_row(r: tuple[object, ...]) -> tuple[object, ...]:
+    """A `new_posted` row in the full column order of `new_transfers`."""
+    return (r[0], _POSTED, r[1], r[2], r[3], r[4], None, None, 0, *r[5:])
 
 
 class Store(Protocol):
@@ -246,9 +276,12 @@ def _meta_ok(meta: WireMeta | None) -> bool:
     )
 
 
+_NO_META = (None, None, None, None, None, None, None, None, None)
+
+
 def _meta_cols(meta: WireMeta | None) -> tuple[object, ...]:
     if meta is None:
-        return (None, None, None, None, None, None, None, None, None)
+        return _NO_META
     return (
         meta.terminal_id,
         meta.merchant_id or None,
@@ -278,6 +311,7 @@ class _Batch:
         self.dirty_accounts: dict[bytes, _Acct] = {}
         self.dirty_states: dict[bytes, _State] = {}
         self.new_transfers: list[tuple[object, ...]] = []
+        self.new_posted: list[tuple[object, ...]] = []
         # Keyed by id: an id may be tombstoned and then rejected in one batch
         # (a reversal whose own id is the original's); one row per id is written.
         self.new_rejections: dict[bytes, tuple[object, ...]] = {}
@@ -425,7 +459,7 @@ class _Batch:
             # The hot path, without the generic dispatch of _apply_guarded.
             self.candidate = None
             try:
-                result = self._posted_fast(op)
+                result = self._posted_fast(op, False)
             except Exception:
                 log.exception("ledger: unexpected error applying a transfer")
                 self._undo()
@@ -602,18 +636,22 @@ class _Batch:
 
     # --- operations -------------------------------------------------------
 
-    def _posted_fast(self, op: Transfer) -> Result:
+    def _posted_fast(self, op: Transfer, journal: bool) -> Result:
         """The common case (a plain posted transfer), with the checks of `_transfer`
         in the same order but without its generality: this is the hot loop of
         every sale, and on SQLite the batch's Python time is the ceiling of
-        group commit. Anything unusual falls through to `_transfer`."""
+        group commit. Anything unusual falls through to `_transfer`.
+
+        Nothing changes before every check has passed, so a single operation
+        (`journal` False) needs no undo step; a member of a linked group does."""
         i = op.id
         if type(i) is not int or not ID_MIN <= i <= ID_MAX:
             return Result(RC.ID_INVALID)
         idb = i.to_bytes(16, "big")
         di, ci, amount, code = op.debit_account_id, op.credit_account_id, op.amount, op.code
         fp = _fp(f"T|{di}|{ci}|{amount}|{code}|False|0|0|None")
-        if idb in self.transfers or idb in self.rejections:
+        transfers = self.transfers
+        if idb in transfers or idb in self.rejections:
             return self._dup(idb, fp)  # type: ignore[return-value]
         self.candidate = (idb, fp)
         if type(amount) is not int or not 0 < amount <= MAX_AMOUNT:
@@ -644,29 +682,51 @@ class _Batch:
             return Result(RC.ACCOUNT_CLOSED)
         if d.currency != c.currency:
             return Result(RC.CURRENCY_MISMATCH)
-        if d.limit is not None and d.cp - d.dp - d.dpend - amount < -d.limit:
-            return Result(RC.INSUFFICIENT_FUNDS if d.limit == 0 else RC.CREDIT_LIMIT_EXCEEDED)
-        if d.dp + amount > MAX_AMOUNT or c.cp + amount > MAX_AMOUNT:
-            return Result(RC.OVERFLOW)
-        # One undo step for everything this op changes (linked groups need it).
         d_dp, c_cp = d.dp, c.cp
-        transfers, rows = self.transfers, self.new_transfers
+        if d.limit is not None and d.cp - d_dp - d.dpend - amount < -d.limit:
+            return Result(RC.INSUFFICIENT_FUNDS if d.limit == 0 else RC.CREDIT_LIMIT_EXCEEDED)
+        if d_dp + amount > MAX_AMOUNT or c_cp + amount > MAX_AMOUNT:
+            return Result(RC.OVERFLOW)
+        did, cid, now = d.id, c.id, self.now
+        x = _Xfer((idb, _POSTED, did, cid, amount, None, None, 0, fp))
+        if meta is None:
+            row: tuple[object, ...] = (idb, did, cid, amount, code, fp, now, *_NO_META)
+        else:
+            row = (
+                idb,
+                did,
+                cid,
+                amount,
+                code,
+                fp,
+                now,
+                meta.terminal_id,
+                meta.merchant_id or None,
+                meta.batch,
+                meta.stan,
+                meta.kind,
+                meta.leg,
+                meta.rrn or None,
+                meta.masked_pan or None,
+                1 if meta.foreign else 0,
+            )
+        rows = self.new_posted
+        if journal:
+            # One undo step for everything this op changes (linked groups need it).
 
-        def undo() -> None:
-            d.dp, c.cp = d_dp, c_cp
-            transfers.pop(idb, None)
-            rows.pop()
+            def undo() -> None:
+                d.dp, c.cp = d_dp, c_cp
+                transfers.pop(idb, None)
+                rows.pop()
 
-        self.journal.append(undo)
+            self.journal.append(undo)
+        transfers[idb] = x
+        rows.append(row)
         d.dp = d_dp + amount
         c.cp = c_cp + amount
-        self.dirty_accounts[d.id] = d
-        self.dirty_accounts[c.id] = c
-        x = _Xfer((idb, _POSTED, d.id, c.id, amount, None, None, 0, fp))
-        transfers[idb] = x
-        rows.append(
-            (idb, _POSTED, d.id, c.id, amount, code, None, None, 0, fp, self.now, *_meta_cols(meta))
-        )
+        dirty = self.dirty_accounts
+        dirty[did] = d
+        dirty[cid] = c
         return _OK
 
     def _transfer(self, op: Transfer) -> Result:
@@ -678,7 +738,7 @@ class _Batch:
             and type(op.post_tolerance) is int
             and not op.post_tolerance
         ):
-            return self._posted_fast(op)
+            return self._posted_fast(op, True)
         if type(op.id) is not int or not valid_id(op.id):
             return Result(RC.ID_INVALID)
         idb = to_bytes(op.id)
@@ -1021,6 +1081,7 @@ class _Batch:
             new_accounts=new_accounts,
             account_updates=account_updates,
             new_transfers=self.new_transfers,
+            new_posted=self.new_posted,
             new_states=new_states,
             state_updates=state_updates,
             rejections=list({**self.tombstones, **self.new_rejections}.values()),

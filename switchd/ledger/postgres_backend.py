@@ -47,7 +47,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from .core import Changes, Group, apply_batch
+from .core import Changes, Group, apply_batch, posted_as_transfer_row
 from .migrations import CREATE_VERSION_TABLE, pending_migrations
 from .model import CommitFailed, Result
 from .queries import Dialect
@@ -141,9 +141,13 @@ class _PgStore:
                 " %s::bytea[]) AS u(dp, cp, dpend, cpend, closed, id) WHERE a.id = u.id",
                 columns,
             )
-        if ch.new_transfers:
-            # Sorted so two processes inserting overlapping ids wait in one order.
-            rows = sorted(ch.new_transfers, key=lambda r: r[0])  # type: ignore[arg-type,return-value]
+        if ch.new_transfers or ch.new_posted:
+            # One statement, sorted, so two processes inserting overlapping ids
+            # wait in one order.
+            rows = sorted(
+                ch.new_transfers + [posted_as_transfer_row(r) for r in ch.new_posted],
+                key=lambda r: r[0],  # type: ignore[arg-type,return-value]
+            )
             self._unnest(
                 "INSERT INTO transfers",
                 (
