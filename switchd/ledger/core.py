@@ -145,8 +145,17 @@ class Store(Protocol):
     def write(self, changes: Changes) -> None: ...
 
 
+def _blob(value: bytes) -> bytearray:
+    """An id as a row parameter. Python's sqlite3 binds a bytearray as a BLOB
+    directly, but passes every bytes value through its adapter registry first
+    (a tuple, a dict lookup and two attribute lookups, per value); for rows of
+    four ids that was a sixth of a sale's cost. psycopg dumps both as bytea."""
+    return bytearray(value)
+
+
 class _Acct:
     __slots__ = (
+        "blob",
         "closed",
         "cp",
         "cpend",
@@ -177,6 +186,7 @@ class _Acct:
         ) = row
         self.closed = bool(self.closed)
         self.new = new
+        self.blob = _blob(self.id)
 
 
 class _Xfer:
@@ -690,15 +700,24 @@ class _Batch:
         did, cid, now = d.id, c.id, self.now
         x = _Xfer((idb, _POSTED, did, cid, amount, None, None, 0, fp))
         if meta is None:
-            row: tuple[object, ...] = (idb, did, cid, amount, code, fp, now, *_NO_META)
-        else:
-            row = (
-                idb,
-                did,
-                cid,
+            row: tuple[object, ...] = (
+                _blob(idb),
+                d.blob,
+                c.blob,
                 amount,
                 code,
-                fp,
+                _blob(fp),
+                now,
+                *_NO_META,
+            )
+        else:
+            row = (
+                _blob(idb),
+                d.blob,
+                c.blob,
+                amount,
+                code,
+                _blob(fp),
                 now,
                 meta.terminal_id,
                 meta.merchant_id or None,
@@ -1051,7 +1070,7 @@ class _Batch:
             if a.new:
                 new_accounts.append(
                     (
-                        a.id,
+                        a.blob,
                         a.kind,
                         a.currency,
                         a.owner,
@@ -1065,7 +1084,7 @@ class _Batch:
                     )
                 )
             else:
-                account_updates.append((a.dp, a.cp, a.dpend, a.cpend, int(a.closed), a.id))
+                account_updates.append((a.dp, a.cp, a.dpend, a.cpend, int(a.closed), a.blob))
         new_states = []
         state_updates = []
         for s in self.dirty_states.values():

@@ -34,7 +34,6 @@ from .queries import Dialect
 T = TypeVar("T")
 
 #: SQLite's default limit on host parameters is 32766 (3.32+); stay well below.
-_CHUNK = 4000
 #: How long a writer waits for the file lock held by another connection.
 _BUSY_TIMEOUT_MS = 5000
 
@@ -48,9 +47,23 @@ _INSERT_POSTED = (
 )
 
 
+#: Sizes of the `IN (?, ...)` lists: a list is padded (repeating its last id,
+#: which changes no result) up to the next one, so each lookup runs one of a
+#: few cached prepared statements instead of parsing a new statement of
+#: thousands of parameters every batch (that parse cost as much as the lookup).
+_IN_SIZES = (1, 2, 4, 8, 16, 32, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896)
+_CHUNK = 4000
+_STATEMENT_CACHE = 256
+
+
 def _chunks(ids: list[Any]) -> Iterable[list[Any]]:
     for i in range(0, len(ids), _CHUNK):
-        yield ids[i : i + _CHUNK]
+        part = ids[i : i + _CHUNK]
+        n = len(part)
+        size = next((k for k in _IN_SIZES if k >= n), _CHUNK)
+        if size > n:
+            part.extend([part[-1]] * (size - n))
+        yield part
 
 
 class _SqliteStore:
@@ -59,6 +72,9 @@ class _SqliteStore:
 
     def _in(self, select: str, ids: list[Any]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []
+        if ids and type(ids[0]) is bytes:
+            # Bound without going through sqlite3's adapter registry (core._blob).
+            ids = list(map(bytearray, ids))
         for part in _chunks(ids):
             marks = ",".join("?" * len(part))
             out.extend(self.conn.execute(select.format(marks), part).fetchall())
@@ -146,7 +162,11 @@ def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the module
     # never opens a transaction behind our back.
     conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+        path,
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=_BUSY_TIMEOUT_MS / 1000,
+        cached_statements=_STATEMENT_CACHE,
     )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
