@@ -44,7 +44,10 @@ Decisions:
 - Over-completion is supported up to the `post_tolerance` the pre-auth was
   created with (minor units); the excess is checked like a new debit.
 - A 0400 that overtakes its original tombstones the original's id: the
-  original, if it arrives later, is refused with ALREADY_REVERSED.
+  original, if it arrives later, is refused with ALREADY_REVERSED. With
+  several writers (PostgreSQL), the tombstone and the original's insert are
+  serialized by a per-ledger guard lock (core.Store.guard_new_ids), so
+  whichever commits second sees the other, even on two switch nodes.
 - PostgreSQL with several writers: row locks in READ COMMITTED with a fixed
   lock order, retries only for races (see postgres_backend.py for why not
   SERIALIZABLE).

@@ -130,11 +130,34 @@ def posted_as_transfer_row(r: tuple[object, ...]) -> tuple[object, ...]:
     return (r[0], _POSTED, r[1], r[2], r[3], r[4], None, None, 0, *r[5:])
 
 
+class NeedsExclusiveGuard(Exception):
+    """The batch must be retried holding the new-id guard exclusively (nothing was applied)."""
+
+
 class Store(Protocol):
     """What `apply_batch` needs from a backend, inside one open transaction.
 
     Loads take sorted keys and may lock what they return (PostgreSQL does).
+
+    `concurrent`: other processes may write to the same ledger at the same
+    time. Then `guard_new_ids` is called first in every batch that creates
+    transfers. The race it closes: a 0400 reversal whose original is not on
+    record writes a tombstone (a rejection under the original's id), while
+    the original itself is inserted into `transfers`. Those are two different
+    tables and the row does not exist yet, so no row lock or unique key makes
+    the two batches meet: each looks, sees nothing, and both commit (the sale
+    posted, never reversed). The guard is one lock per ledger: every batch
+    creating transfers holds it shared from before it looks its new ids up
+    until its commit (shared holders never wait for each other); a batch that
+    may tombstone holds it exclusively, so it starts only once every batch
+    that may be inserting that id has committed, and every later one looks
+    its ids up only after the tombstone has committed. Whichever commits
+    second sees the other. Taken before any row lock, it adds no lock cycle.
     """
+
+    concurrent: bool
+
+    def guard_new_ids(self, exclusive: bool) -> None: ...
 
     def load_due_pending(self, now_us: int, limit: int) -> list[bytes]: ...
     def load_states(self, ids: list[bytes]) -> Iterable[tuple]: ...  # type: ignore[type-arg]
@@ -311,8 +334,9 @@ class _Reject(Exception):
 
 
 class _Batch:
-    def __init__(self, now_us: int) -> None:
+    def __init__(self, now_us: int, exclusive: bool = False) -> None:
         self.now = now_us
+        self.exclusive = exclusive
         self.accounts: dict[bytes, _Acct] = {}
         self.transfers: dict[bytes, _Xfer] = {}
         self.states: dict[bytes, _State] = {}
@@ -344,6 +368,7 @@ class _Batch:
         refs: set[bytes] = set()
         accts: set[bytes] = set()
         tids: set[str] = set()
+        reversed_ids: set[bytes] = set()
         expire_limit = 0
 
         def add(ids: set[bytes], value: object) -> None:
@@ -378,6 +403,7 @@ class _Batch:
                 elif t is Reverse:
                     add(new_ids, op.id)  # type: ignore[union-attr]
                     add(refs, op.original_id)  # type: ignore[union-attr]
+                    add(reversed_ids, op.original_id)  # type: ignore[union-attr]
                 elif t is CreateAccount or t is CloseAccount:
                     add(accts, op.id)  # type: ignore[union-attr]
                 elif t is CloseBatch:
@@ -386,6 +412,12 @@ class _Batch:
                 elif t is ExpireDue:
                     expire_limit = max(expire_limit, op.limit)  # type: ignore[union-attr]
 
+        # With several writers, a new transfer id and a tombstone for it must
+        # not be decided at once by two batches (see `Store.guard_new_ids`).
+        # The guard is the first lock a batch takes, before any row lock.
+        guarded = store.concurrent and bool(new_ids)
+        if guarded:
+            store.guard_new_ids(self.exclusive)
         if expire_limit > 0:
             self.due = store.load_due_pending(self.now, expire_limit)
             refs.update(self.due)
@@ -419,6 +451,12 @@ class _Batch:
         if xids:
             for rid, fp, code in store.load_rejections(sorted(xids)):
                 self.rejections[rid] = (fp, code)
+        if guarded and not self.exclusive:
+            for xid in reversed_ids:
+                if xid not in self.transfers and xid not in self.rejections:
+                    # This reversal may tombstone its original: that decision
+                    # needs the guard exclusively (one more attempt, rarely).
+                    raise NeedsExclusiveGuard
 
     # --- running groups ---------------------------------------------------
 
@@ -1118,12 +1156,17 @@ class _Batch:
         )
 
 
-def apply_batch(store: Store, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+def apply_batch(
+    store: Store, groups: Sequence[Group], now_us: int, exclusive: bool = False
+) -> list[list[Result]]:
     """Apply `groups` in order inside the store's open transaction; write the net changes.
 
-    Returns one list of results per group. Raises only what the store raises.
+    Returns one list of results per group. Raises what the store raises, and
+    (only with a `concurrent` store) NeedsExclusiveGuard before anything was
+    applied when a reversal's original is not on record: roll back and call
+    again with `exclusive=True`.
     """
-    batch = _Batch(now_us)
+    batch = _Batch(now_us, exclusive)
     batch.load(store, groups)
     results = [batch.run_group(g) for g in groups]
     store.write(batch.changes())

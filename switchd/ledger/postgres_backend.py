@@ -16,6 +16,16 @@ rests on **row locks in READ COMMITTED**, not on there being one writer:
   lookup finds that row and answers "duplicate" or "exists with different
   content".
 
+One race has no row to lock: a 0400 reversal whose original is not on
+record tombstones the original's id (a `rejections` row) while another
+process may be inserting that original into `transfers`. A transaction-scoped
+advisory lock per ledger (the "new-id guard", see `core.Store`) closes it:
+every batch that creates transfers takes it shared, first, before any row
+lock; a batch with such a reversal takes it exclusively (found out while
+loading; the batch is rolled back and run again, which is rare), so it
+decides only after every batch that may insert that id has committed, and
+every later one looks the id up only after the tombstone has committed.
+
 Why not SERIALIZABLE: nearly every sale touches the same few hot rows (the
 fee income account, a busy merchant). Under serializable isolation two
 concurrent batches touching them conflict and one aborts after doing all its
@@ -36,6 +46,7 @@ so all of this is the blocking API, called from worker threads.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -47,7 +58,7 @@ import psycopg.errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from .core import Changes, Group, apply_batch, posted_as_transfer_row
+from .core import Changes, Group, NeedsExclusiveGuard, apply_batch, posted_as_transfer_row
 from .migrations import CREATE_VERSION_TABLE, pending_migrations
 from .model import CommitFailed, Result
 from .queries import Dialect
@@ -67,9 +78,28 @@ _RETRIES = 8
 _MIGRATION_LOCK = 0x5357_4C45_4447  # "SWLEDG"
 
 
+def _guard_key(schema: str | None) -> int:
+    """The advisory lock key of one ledger's new-id guard (core.Store.guard_new_ids).
+
+    Advisory locks are per database; the schema is part of the key, so ledgers
+    in two schemas of one database do not wait for each other."""
+    digest = hashlib.blake2b(f"switchd-ledger-new-ids|{schema or ''}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 class _PgStore:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    concurrent = True
+
+    def __init__(self, conn: psycopg.Connection[Any], guard_key: int) -> None:
         self.cur = conn.cursor()
+        self.guard_key = guard_key
+
+    def guard_new_ids(self, exclusive: bool) -> None:
+        # Transaction-scoped: released by the COMMIT or ROLLBACK, never leaked.
+        if exclusive:
+            self.cur.execute("SELECT pg_advisory_xact_lock(%s)", (self.guard_key,))
+        else:
+            self.cur.execute("SELECT pg_advisory_xact_lock_shared(%s)", (self.guard_key,))
 
     def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         self.cur.execute(query, params)
@@ -229,6 +259,7 @@ class PostgresBackend:
             options += f" -c search_path={schema}"
         # application_name lets an operator (and the fault tests) find our sessions.
         self.application_name = f"switchd-ledger:{schema or 'public'}"[:63]
+        self._guard_key = _guard_key(schema)
         self._kwargs: dict[str, Any] = {
             "options": options,
             "autocommit": False,
@@ -277,17 +308,25 @@ class PostgresBackend:
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
         assert self.pool is not None, "backend not open"
         last: Exception | None = None
+        exclusive = False
         for attempt in range(_RETRIES):
             try:
                 with self.pool.connection() as conn:
                     try:
-                        results = apply_batch(_PgStore(conn), groups, now_us)
+                        store = _PgStore(conn, self._guard_key)
+                        results = apply_batch(store, groups, now_us, exclusive)
                         conn.commit()
                         return results
                     except BaseException:
                         if not conn.closed:
                             conn.rollback()
                         raise
+            except NeedsExclusiveGuard as exc:
+                # A reversal whose original is not on record: it may tombstone
+                # it, which is decided holding the guard exclusively. Nothing
+                # conflicted, so no backoff.
+                last = exc
+                exclusive = True
             except _RETRYABLE as exc:
                 last = exc
                 # Jittered backoff so two processes do not collide again in step.

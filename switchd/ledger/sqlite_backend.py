@@ -67,8 +67,15 @@ def _chunks(ids: list[Any]) -> Iterable[list[Any]]:
 
 
 class _SqliteStore:
+    # One writer at a time (BEGIN IMMEDIATE takes the file's write lock before
+    # the batch reads anything), so no batch can race another one.
+    concurrent = False
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+
+    def guard_new_ids(self, exclusive: bool) -> None:
+        pass
 
     def _in(self, select: str, ids: list[Any]) -> list[tuple[Any, ...]]:
         out: list[tuple[Any, ...]] = []

@@ -332,3 +332,50 @@ async def test_postgres_two_writers_mixed_operations(tmp_path: Path) -> None:
             assert await b.audit() == []
     finally:
         gen.close()
+
+
+async def test_postgres_reversal_racing_its_original_across_writers(tmp_path: Path) -> None:
+    """A 0400 reaching node b while node a commits its sale: the sale never stays posted
+    un-reversed. Either the reversal sees the sale and reverses it, or it tombstones
+    the id first and the sale is refused (ALREADY_REVERSED), whichever commits second."""
+    gen = make_config("postgres", tmp_path)
+    config = next(gen)
+    try:
+        rng = random.Random(13)
+        async with open_ledger(config) as a, open_ledger(config) as b:
+            chart = await make_chart(a, funds=0)
+            cards = await _create_cards(a, 20, 10**6, chart.suspense)
+            results: dict[int, Result] = {}
+
+            async def one(ledger, op, delay: float) -> None:  # type: ignore[no-untyped-def]
+                await trio.sleep(delay)
+                results[op.id] = await ledger.execute(op)
+
+            pairs = []
+            for wave in range(12):  # each wave: both nodes' batches start together,
+                # spread over a few milliseconds so that each order happens
+                sales = [Transfer(7_500_000 + 100 * wave + i, rng.choice(cards), chart.merchant,
+                                  rng.randint(1, 400), "sale") for i in range(60)]
+                undo = [Reverse(7_700_000 + 100 * wave + i, s.id) for i, s in enumerate(sales)]
+                async with trio.open_nursery() as nursery:
+                    for s, r in zip(sales, undo, strict=True):
+                        nursery.start_soon(one, a, s, rng.uniform(0, 0.01))
+                        nursery.start_soon(one, b, r, rng.uniform(0, 0.01))
+                pairs += zip(sales, undo, strict=True)
+            outcomes = set()
+            for s, r in pairs:
+                sale, reversal = results[s.id], results[r.id]
+                outcomes.add((sale.code, reversal.code))
+                if sale.ok:  # committed first: the reversal saw it and reversed it
+                    assert reversal.ok, (sale, reversal)
+                    record = await b.transfer(s.id)
+                    assert record is not None and record.reversed_by == r.id
+                else:  # tombstoned first: the late sale is refused
+                    assert sale.code is RC.ALREADY_REVERSED and sale.duplicate, (sale, reversal)
+                    assert reversal.code is RC.ORIGINAL_NOT_FOUND
+                    assert await b.transfer(s.id) is None
+            for card in cards:  # every sale undone one way or the other
+                assert (await a.account(card)).balance == 10**6  # type: ignore[union-attr]
+            assert await a.audit() == []
+    finally:
+        gen.close()
