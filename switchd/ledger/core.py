@@ -73,14 +73,16 @@ _POSTED = TransferType.POSTED.value
 TOMBSTONE = bytes(16)
 
 
-class ExpireDue(msgspec.Struct, frozen=True, tag="expire_due"):
+class ExpireDue(msgspec.Struct, frozen=True, gc=False, tag="expire_due"):
     """Internal: release up to `limit` holds whose expiry has passed (the sweeper's op)."""
 
     limit: int = 1000
 
 
-class Group(msgspec.Struct):
-    """Operations that succeed or fail together when `linked`; otherwise a single op."""
+class Group(msgspec.Struct, gc=False):
+    """Operations that succeed or fail together when `linked`; otherwise a single op.
+
+    (gc=False: it holds a tuple of frozen operations, never a cycle.)"""
 
     ops: tuple[Op | ExpireDue, ...]
     linked: bool = False
@@ -176,57 +178,38 @@ def _blob(value: bytes) -> bytearray:
     return bytearray(value)
 
 
-class _Acct:
-    __slots__ = (
-        "blob",
-        "closed",
-        "cp",
-        "cpend",
-        "created_at",
-        "currency",
-        "dp",
-        "dpend",
-        "id",
-        "kind",
-        "limit",
-        "new",
-        "owner",
-    )
+class _Acct(msgspec.Struct, gc=False):
+    """An account row while a batch runs (balances change in place). A struct
+    without GC tracking: it holds only scalars. `closed` counts by its truth."""
 
-    def __init__(self, row: tuple, new: bool = False) -> None:  # type: ignore[type-arg]
-        (
-            self.id,
-            self.kind,
-            self.currency,
-            self.owner,
-            self.limit,
-            self.closed,
-            self.dp,
-            self.cp,
-            self.dpend,
-            self.cpend,
-            self.created_at,
-        ) = row
-        self.closed = bool(self.closed)
-        self.new = new
-        self.blob = _blob(self.id)
+    id: bytes
+    kind: str
+    currency: str
+    owner: str
+    limit: int | None
+    closed: int | bool
+    dp: int
+    cp: int
+    dpend: int
+    cpend: int
+    created_at: int
+    new: bool
+    blob: bytearray  # the id as a row parameter (see _blob)
 
 
-class _Xfer:
-    __slots__ = ("amount", "credit", "debit", "expires_at", "fp", "id", "ref", "tolerance", "type")
+class _Xfer(msgspec.Struct, gc=False):
+    """A transfer as the rules need it (immutable once written). A struct
+    without GC tracking: one is made per transfer of every batch."""
 
-    def __init__(self, row: tuple) -> None:  # type: ignore[type-arg]
-        (
-            self.id,
-            self.type,
-            self.debit,
-            self.credit,
-            self.amount,
-            self.ref,
-            self.expires_at,
-            self.tolerance,
-            self.fp,
-        ) = row
+    id: bytes
+    type: str
+    debit: bytes
+    credit: bytes
+    amount: int
+    ref: bytes | None
+    expires_at: int | None
+    tolerance: int
+    fp: bytes
 
 
 class _State:
@@ -431,13 +414,13 @@ class _Batch:
             for row in store.load_states(sorted(refs)):
                 self.states[row[0]] = _State(row)
             for row in store.load_transfers(sorted(refs)):
-                x = _Xfer(row)
+                x = _Xfer(*row)
                 self.transfers[x.id] = x
                 accts.add(x.debit)
                 accts.add(x.credit)
         if accts:
             for row in store.load_accounts(sorted(accts)):
-                self.accounts[row[0]] = _Acct(row)
+                self.accounts[row[0]] = _Acct(*row, False, _blob(row[0]))
         if tids:
             for tid, current in store.load_terminal_batches(sorted(tids)):
                 self.batches[tid] = current
@@ -445,7 +428,7 @@ class _Batch:
         fresh = new_ids - refs
         if fresh:
             for row in store.load_transfers(sorted(fresh)):
-                x = _Xfer(row)
+                x = _Xfer(*row)
                 self.transfers[x.id] = x
         xids = new_ids | refs
         if xids:
@@ -736,7 +719,7 @@ class _Batch:
         if d_dp + amount > MAX_AMOUNT or c_cp + amount > MAX_AMOUNT:
             return Result(RC.OVERFLOW)
         did, cid, now = d.id, c.id, self.now
-        x = _Xfer((idb, _POSTED, did, cid, amount, None, None, 0, fp))
+        x = _Xfer(idb, _POSTED, did, cid, amount, None, None, 0, fp)
         if meta is None:
             row: tuple[object, ...] = (
                 _blob(idb),
@@ -857,7 +840,7 @@ class _Batch:
         self._check_debit(d, op.amount)
         expires = self.now + op.timeout_s * 1_000_000 if op.timeout_s else None
         x = _Xfer(
-            (idb, ttype, d.id, c.id, op.amount, ref, expires, op.post_tolerance, self.candidate[1])
+            *(idb, ttype, d.id, c.id, op.amount, ref, expires, op.post_tolerance, self.candidate[1])
         )  # type: ignore[index]
         if op.pending:
             self._move(d, c, 0, op.amount)
@@ -933,7 +916,7 @@ class _Batch:
         st.pending_state = PendingState.POSTED.value
         st.resolved_by = idb
         x = _Xfer(
-            (idb, TransferType.POST.value, d.id, c.id, amount, p.id, None, 0, self.candidate[1])
+            *(idb, TransferType.POST.value, d.id, c.id, amount, p.id, None, 0, self.candidate[1])
         )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
@@ -957,7 +940,7 @@ class _Batch:
         st.pending_state = PendingState.VOIDED.value
         st.resolved_by = idb
         x = _Xfer(
-            (idb, TransferType.VOID.value, d.id, c.id, p.amount, p.id, None, 0, self.candidate[1])
+            *(idb, TransferType.VOID.value, d.id, c.id, p.amount, p.id, None, 0, self.candidate[1])
         )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
@@ -991,7 +974,7 @@ class _Batch:
         self._touch_state(st)
         st.reversed_by = idb
         x = _Xfer(
-            (
+            *(
                 idb,
                 TransferType.REVERSE.value,
                 d.id,
@@ -1036,7 +1019,19 @@ class _Batch:
             )
             return Result(RC.OK, duplicate=True) if same else Result(RC.ACCOUNT_EXISTS_DIFFERENT)
         a = _Acct(
-            (idb, kind.value, op.currency, op.owner, limit, False, 0, 0, 0, 0, self.now), new=True
+            idb,
+            kind.value,
+            op.currency,
+            op.owner,
+            limit,
+            False,
+            0,
+            0,
+            0,
+            0,
+            self.now,
+            True,
+            _blob(idb),
         )
         self.accounts[idb] = a
         self.dirty_accounts[idb] = a

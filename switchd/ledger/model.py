@@ -2,6 +2,9 @@
 
 Everything that crosses the ledger's API is a frozen `msgspec.Struct`: typed,
 cheap to build on the hot path, and encodable for logs and the admin API.
+Those the switch creates per transaction are `gc=False`: frozen, holding only
+scalars, enums and other frozen structs, they cannot be part of a reference
+cycle, so the cyclic garbage collector need not track (and rescan) them.
 Money is always an `int` number of minor units (fen); no float appears here.
 
 Ids are 128-bit unsigned integers (see `ids.py` for how to derive them); 0 and
@@ -121,7 +124,7 @@ class WireMeta(msgspec.Struct, frozen=True):
 # --- operations -----------------------------------------------------------
 
 
-class CreateAccount(msgspec.Struct, frozen=True, tag="create_account"):
+class CreateAccount(msgspec.Struct, frozen=True, gc=False, tag="create_account"):
     """Create an account; the caller chooses its id (see `ids.py`).
 
     `credit_limit`: how far below zero the balance (credits − debits − pending
@@ -142,7 +145,7 @@ class CloseAccount(msgspec.Struct, frozen=True, tag="close_account"):
     id: int
 
 
-class Transfer(msgspec.Struct, frozen=True, tag="transfer"):
+class Transfer(msgspec.Struct, frozen=True, gc=False, tag="transfer"):
     """Move `amount` from `debit_account_id` to `credit_account_id`.
 
     pending=True makes it a hold (pre-authorization) that a later PostPending or
@@ -166,7 +169,7 @@ class Transfer(msgspec.Struct, frozen=True, tag="transfer"):
     meta: WireMeta | None = None
 
 
-class PostPending(msgspec.Struct, frozen=True, tag="post_pending"):
+class PostPending(msgspec.Struct, frozen=True, gc=False, tag="post_pending"):
     """Post a pending transfer: amount None posts the held amount; less is a partial
     completion, more (up to the pending's post_tolerance) an over-completion."""
 
@@ -177,7 +180,7 @@ class PostPending(msgspec.Struct, frozen=True, tag="post_pending"):
     meta: WireMeta | None = None
 
 
-class VoidPending(msgspec.Struct, frozen=True, tag="void_pending"):
+class VoidPending(msgspec.Struct, frozen=True, gc=False, tag="void_pending"):
     """Release a hold (pre-auth cancel, reversal of a pre-auth)."""
 
     id: int
@@ -186,7 +189,7 @@ class VoidPending(msgspec.Struct, frozen=True, tag="void_pending"):
     meta: WireMeta | None = None
 
 
-class Reverse(msgspec.Struct, frozen=True, tag="reverse"):
+class Reverse(msgspec.Struct, frozen=True, gc=False, tag="reverse"):
     """Post the exact opposite of a posted transfer, once (sale void, 0400 reversal)."""
 
     id: int
@@ -209,7 +212,7 @@ class CloseBatch(msgspec.Struct, frozen=True, tag="close_batch"):
 Op = CreateAccount | CloseAccount | Transfer | PostPending | VoidPending | Reverse | CloseBatch
 
 
-class Result(msgspec.Struct, frozen=True):
+class Result(msgspec.Struct, frozen=True, gc=False):
     """The outcome of one operation.
 
     `duplicate` is True when the ledger already had an answer for this id:
@@ -230,7 +233,7 @@ class Result(msgspec.Struct, frozen=True):
 # --- what queries return --------------------------------------------------
 
 
-class Account(msgspec.Struct, frozen=True):
+class Account(msgspec.Struct, frozen=True, gc=False):
     id: int
     kind: AccountKind
     currency: str
@@ -255,7 +258,7 @@ class Account(msgspec.Struct, frozen=True):
         return self.credits_posted - self.debits_posted - self.debits_pending + limit
 
 
-class TransferRecord(msgspec.Struct, frozen=True):
+class TransferRecord(msgspec.Struct, frozen=True, gc=False):
     id: int
     type: TransferType
     debit_account_id: int
