@@ -29,8 +29,19 @@ ID_MIN = 1
 ID_MAX = 2**128 - 2
 
 
+#: Empty unkeyed hashers per personalization: a copy is cheaper than a new one.
+_EMPTY: dict[bytes, hashlib._Hash] = {}  # type: ignore[name-defined]
+
+
 def _digest(person: bytes, text: str, key: bytes = b"") -> int:
-    h = hashlib.blake2b(text.encode(), digest_size=16, person=person, key=key)
+    if key:
+        h = hashlib.blake2b(text.encode(), digest_size=16, person=person, key=key)
+    else:
+        empty = _EMPTY.get(person)
+        if empty is None:
+            empty = _EMPTY[person] = hashlib.blake2b(digest_size=16, person=person)
+        h = empty.copy()
+        h.update(text.encode())
     value = int.from_bytes(h.digest(), "big")
     # Folding the two reserved values onto valid ones keeps the function total;
     # the chance of hitting them is 2**-127.
