@@ -451,8 +451,11 @@ class _Batch:
     # --- running groups ---------------------------------------------------
 
     def run_group(self, group: Group) -> list[Result]:
-        if not group.linked or len(group.ops) == 1:
-            return [self._run_one(op) for op in group.ops]
+        ops = group.ops
+        if len(ops) == 1:
+            return [self._run_one(ops[0])]
+        if not group.linked:
+            return [self._run_one(op) for op in ops]
         results: list[Result] = []
         evaluated: list[tuple[bytes, bytes] | None] = []
         failed: int | None = None

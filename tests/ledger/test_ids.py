@@ -57,3 +57,20 @@ def test_fee_amount_is_integer_and_rounds_half_up() -> None:
     assert fee_amount(0, 60) == 0
     with pytest.raises(ValueError):
         fee_amount(100, 10_001)
+
+
+def test_digests_are_the_released_ones() -> None:
+    """Stored fingerprints and ids must never change: plain BLAKE2b, as first released."""
+    import hashlib
+
+    from switchd.ledger.core import _fp
+
+    def plain(person: bytes, text: str) -> int:
+        return int.from_bytes(
+            hashlib.blake2b(text.encode(), digest_size=16, person=person).digest(), "big")
+
+    assert transfer_id("T0000001", 1, 5, "sale", 1) == plain(
+        b"switchd-xfer-v1", "T0000001|000001|000005|sale|01")
+    assert merchant_account_id("M1") == plain(b"switchd-acct-v1", "merchant|M1")
+    assert _fp("T|1|2|3|sale|False|0|0|None") == hashlib.blake2b(
+        b"T|1|2|3|sale|False|0|0|None", digest_size=16).digest()
