@@ -9,8 +9,9 @@ The writer hands a batch (every group submitted since its last commit) to
    referred-to transfers, accounts, terminal batches, and only then the new
    ids (for idempotency), each sorted by key. The PostgreSQL store locks
    states, accounts and terminals (`FOR UPDATE`) as it reads; the fixed order
-   (states before accounts before terminals, ascending keys within each) is
-   what keeps two switch processes from deadlocking;
+   (the new-id guard, see `Store`, then states before accounts before
+   terminals, ascending keys within each) is what keeps two switch
+   processes from deadlocking;
 3. run the operations in submission order against those rows in memory,
    each group under an undo journal: a failing operation, or a failing
    member of a linked group, is rolled back in memory and no other group
