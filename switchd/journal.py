@@ -81,7 +81,9 @@ def _entry(r: tuple) -> Entry:
 class Journal:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.entries: dict[Key, Entry] = {}
+        # Per (terminal, batch): its answers by (stan, reversal). Settling a
+        # batch drops its dict in one step, whatever its size.
+        self.batches: dict[tuple[str, int], dict[tuple[int, bool], Entry]] = {}
         self._loaded: set[tuple[str, int]] = set()
         self._queue: list[Entry] = []
         self._wake = trio.Event()
@@ -95,18 +97,20 @@ class Journal:
             f"SELECT {_COLUMNS} FROM journal WHERE tid = ? AND batch = ?", (tid, batch)
         )
         self._loaded.add((tid, batch))
+        answers = self.batches.setdefault((tid, batch), {})
         for r in rows:
             e = _entry(r)
-            self.entries.setdefault(e.key, e)
+            answers.setdefault((e.stan, e.reversal), e)
 
     async def lookup(self, tid: str, batch: int, stan: int, reversal: bool) -> Entry | None:
         if (tid, batch) not in self._loaded:
             await self._load_batch(tid, batch)
-        return self.entries.get((tid, batch, stan, reversal))
+        answers = self.batches.get((tid, batch))
+        return answers.get((stan, reversal)) if answers else None
 
     def record(self, e: Entry) -> None:
         """Keep the answer for duplicates now; the writer stores it soon after."""
-        self.entries[e.key] = e
+        self.batches.setdefault((e.tid, e.batch), {})[(e.stan, e.reversal)] = e
         if len(self._queue) >= MAX_QUEUED:
             # The database has been failing for a long while. Shed the oldest
             # row rather than memory: the ledger, not the journal, holds the money.
@@ -122,8 +126,7 @@ class Journal:
     def forget_batch(self, tid: str, batch: int) -> None:
         """The batch has settled: its answers are no longer needed in memory."""
         self._loaded.discard((tid, batch))
-        for key in [k for k in self.entries if k[0] == tid and k[1] == batch]:
-            del self.entries[key]
+        self.batches.pop((tid, batch), None)
 
     async def by_rrn(self, rrn: str) -> list[Entry]:
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM journal WHERE rrn = ?", (rrn,))

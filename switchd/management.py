@@ -96,6 +96,8 @@ async def settlement(p: Processor, txn: Txn) -> None:
     if not result.ok:
         log.warning("settlement of %s names batch %d; the open batch is %s",
                     tid, txn.batch, result.value)  # fmt: skip
+    # The batch is closed: its answers are no longer needed for duplicates.
+    p.s.journal.forget_batch(tid, txn.batch)
     await p.s.store.db.execute(
         "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"

@@ -252,6 +252,9 @@ async def test_settlement_balanced_then_next_batch(switch: Switch) -> None:
     assert r.msg.settlement_totals().code == 1
     r = await c.sign_on()
     assert r.msg.batch == "000002"
+    # The closed batch's answers left memory (at most the settlement's own remains).
+    assert switch.services is not None
+    assert len(switch.services.journal.batches.get(("10000005", 1), {})) <= 1
 
 
 async def test_unbalanced_settlement_and_batch_upload(switch: Switch) -> None:
