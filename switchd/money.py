@@ -241,6 +241,13 @@ async def reversal(p: Processor, txn: Txn) -> None:
         # ledger refuse it if it arrives after its reversal.
         ops = flows.undo_missing(req, "reversal", req.id(kind, 0))
     posted = await _post(p, txn, ops)
+    if posted and not records:
+        # The original may have committed (on another node) between our look
+        # and the tombstone: then only its leg 0 was reversed. Undo the rest;
+        # the leg-0 reverse is the same id again and answers as a duplicate.
+        late = await p.s.ledger.request_transfers(txn.terminal.tid, txn.batch, txn.stan, kind)
+        if late:
+            await _post(p, txn, flows.undo(req, "reversal", late))
     if not posted and txn.rc in (codes.INVALID_TRANSACTION, codes.ORIGINAL_NOT_FOUND):
         # Already undone (by a void, a timeout or an earlier reversal), or
         # nothing to undo: the terminal is told it is done, which it is.
