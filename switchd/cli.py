@@ -2,7 +2,9 @@
 
 Commands:
   run     start the switch (embedded defaults without --config: SQLite ledger
-          under ./var, the software HSM in-process, the demo data)
+          under ./var, the software HSM in-process, the demo data, the admin
+          API on 127.0.0.1:8580)
+  admin   serve only the admin API against the switch's databases
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes sharing the terminal ports (SO_REUSEPORT); default 1",
     )  # fmt: skip
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    admin = sub.add_parser(
+        "admin",
+        help="serve the admin API on its own",
+        description="Serve the admin API (merchants, terminals, cards, ERP, reports, /metrics) "
+        "against the databases of the configuration; [admin] port must differ from a "
+        "running switch's.",
+    )
+    admin.add_argument("--config", help="TOML configuration file (default: embedded defaults)")
+    admin.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     return parser
 
 
@@ -46,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchd: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if args.command == "admin":
+        from admin_api import standalone
+
+        async def admin_task() -> None:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(standalone.run, cfg)
+                print(f"switchd: admin API on {cfg.admin.host}:{port}", flush=True)
+
+        trio.run(admin_task)
+        return 0
     if args.command == "run" and args.workers > 1:
         from switchd.supervisor import run_workers
 
@@ -61,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 for host, port in switch.addresses:
                     print(f"switchd: terminals on {host}:{port}", flush=True)
                 print(f"switchd: HSM at {switch.hsm_address}", flush=True)
+                if switch.admin_port is not None:
+                    print(f"switchd: admin API on {cfg.admin.host}:{switch.admin_port}",
+                          flush=True)  # fmt: skip
 
         try:
             trio.run(main_task)

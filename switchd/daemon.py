@@ -14,6 +14,7 @@ parameters, and the reference data, without dropping a connection.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 from pathlib import Path
@@ -21,6 +22,10 @@ from pathlib import Path
 import msgspec
 import trio
 
+from admin_api.context import AdminContext
+from admin_api.migrations import ensure_demo_tokens
+from admin_api.migrations import migrate as admin_migrate
+from admin_api.server import serve_admin
 from hsm.client import open_hsm_client
 from hsm.lmk import load_lmk
 from hsm.server import serve_hsm
@@ -77,6 +82,7 @@ class Switch:
         self.prepare_only = prepare_only
         self.addresses: list[tuple[str, int]] = []
         self.hsm_address: str = ""
+        self.admin_port: int | None = None
         self.listeners: Listeners | None = None
         self.services: Services | None = None
         self.processor: Processor | None = None
@@ -129,6 +135,9 @@ class Switch:
         db = open_database(cfg)
         try:
             await store.migrate(db)
+            await admin_migrate(db)
+            if cfg.demo.enabled:
+                await ensure_demo_tokens(db)
             async with trio.open_nursery() as outer:
                 lmk = None
                 if cfg.hsm.embedded:
@@ -184,6 +193,14 @@ class Switch:
             background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)
+            # With --workers, worker 0 serves the API: /metrics aggregates all.
+            if cfg.admin.enabled and os.environ.get("SWITCHD_WORKER", "0") == "0":
+                # In the background nursery: the API outlives the terminals'
+                # drain, so /readyz can say "draining" (503) meanwhile.
+                self.admin_port = await background.start(
+                    serve_admin, AdminContext.from_services(self.services, self),
+                    cfg.admin.host, cfg.admin.port,
+                )  # fmt: skip
             async with trio.open_nursery() as serving:
                 self.addresses = await serving.start(self.listeners.serve)
                 log.info("terminal listeners on %s",

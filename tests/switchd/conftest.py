@@ -10,7 +10,7 @@ import trio
 
 from bench.sim import Response, Terminal
 from fastpath.framing import FrameSplitter
-from switchd.config import Config, Demo, Listener
+from switchd.config import Admin, Config, Demo, Listener
 from switchd.daemon import Switch
 
 
@@ -18,6 +18,7 @@ def small_config(data_dir: Path, **overrides: object) -> Config:
     cfg = Config(
         data_dir=str(data_dir),
         listeners=[Listener(port=0)],
+        admin=Admin(port=0),
         demo=Demo(terminals_per_merchant=20, cards=40),
     )
     for k, v in overrides.items():

@@ -22,6 +22,8 @@ CONFIG = """
 data_dir = "{data}"
 [[listeners]]
 port = 0
+[admin]
+port = 0
 [demo]
 terminals_per_merchant = 20
 cards = 40

@@ -36,7 +36,7 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
     cfg_path = tmp_path / "switchd.toml"
     cfg_path.write_text(
         f'data_dir = "{tmp_path / "var"}"\n[[listeners]]\nport = {port}\n'
-        "[demo]\nterminals_per_merchant = 20\ncards = 40\n"
+        "[admin]\nport = 0\n[demo]\nterminals_per_merchant = 20\ncards = 40\n"
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchd.cli", "run", "--workers", "2", "--config", str(cfg_path)],
