@@ -1,7 +1,7 @@
 """One terminal, one transaction: sign on, send one request, print the decoded answer.
 
     python -m bench.terminal KIND [--host 127.0.0.1] [--port 5800]
-        [--tid 10000001] [--mid 898100012340001] [--card 10] [--amount 1000]
+        [--tid 10000001] [--mid 898100012340001] [--card 10] [--amount 12.34]
         [--no-pin] [--json]
 
 KIND is one of: sale, balance, preauth, void, refund, completion, cancel,
@@ -153,12 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tid", default="10000001")
     p.add_argument("--mid", default="898100012340001")
     p.add_argument("--card", type=int, default=10, help="demo card sequence (default 10)")
-    p.add_argument("--amount", type=int, default=10_00, help="minor units (default 1000)")
+    p.add_argument(
+        "--amount", type=parse_amount, default=10_00,
+        help="in yuan with up to two decimals, e.g. 12.34 (default 10.00)",
+    )  # fmt: skip
     p.add_argument("--no-pin", action="store_true", help="no PIN block")
     p.add_argument("--stan", type=int, default=0, help="first STAN - 1 (default random)")
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return p
+
+
+def parse_amount(text: str) -> int:
+    """Yuan as written on a receipt ("12.34") to fen, exactly (no float)."""
+    whole, _, frac = text.strip().partition(".")
+    if not whole.isdigit() or not (frac == "" or (frac.isdigit() and len(frac) <= 2)):
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r} (e.g. 12.34)")
+    return int(whole) * 100 + int(frac.ljust(2, "0") or 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ok": ok, "answers": answers}))
     else:
         for a in answers:
-            print(f"{a['step']}: {a['mti']} rc={a['rc']} mac_ok={a['mac_ok']}"
-                  + (f" settlement_code={a['settlement_code']}" if "settlement_code" in a else ""))
+            print(
+                f"{a['step']}: {a['mti']} rc={a['rc']} mac_ok={a['mac_ok']}"
+                + (f" settlement_code={a['settlement_code']}" if "settlement_code" in a else "")
+            )
             for f, v in dict(a["fields"]).items():  # type: ignore[call-overload]
                 print(f"  F{f:>2}: {v}")
     return 0 if ok else 1

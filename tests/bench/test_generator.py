@@ -41,7 +41,7 @@ def one_shot(switch: procs.Proc, kind: str, tid: str, capsys: pytest.CaptureFixt
 
 
 def test_one_shot_sale(switch: procs.Proc, capsys: pytest.CaptureFixture[str]) -> None:
-    out = one_shot(switch, "sale", "10000001", capsys, "--card", "5", "--amount", "1234")
+    out = one_shot(switch, "sale", "10000001", capsys, "--card", "5", "--amount", "12.34")
     assert out["ok"]
     sign_on, sale = out["answers"]
     assert sign_on["rc"] == "00" and sign_on["mac_ok"]
