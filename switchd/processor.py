@@ -36,7 +36,9 @@ log = logging.getLogger("switchd.processor")
 Participant = Callable[["Processor", Txn], Awaitable[None]]
 
 #: What each kind's answer echoes from the request.
-FINANCIAL_ECHO = (2, 3, 4, 11, 14, 22, 23, 25, 41, 42, 49, 60, 61)
+# PROTOCOL.md §3: a sale answer echoes 2, 3, 4, 11, 25, 41, 42, 49, 60; the
+# answers that quote an original also return its reference (61).
+FINANCIAL_ECHO = (2, 3, 4, 11, 25, 41, 42, 49, 60, 61)
 MANAGEMENT_ECHO = (11, 41, 42, 60)
 SETTLEMENT_ECHO = (11, 41, 42, 49, 60, 63)
 #: Headers' processing-requirement nibble: sign on again.

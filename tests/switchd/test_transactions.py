@@ -86,6 +86,9 @@ async def test_sale_moves_money_with_the_fee(switch: Switch) -> None:
     assert r.msg.rrn and len(r.msg.rrn) == 12 and r.msg.auth_code
     assert r.msg.stan == stan and r.msg.amount == 100_00 and r.msg.tid == "10000001"
     assert r.msg.acquirer_id == "01020000"
+    # exactly PROTOCOL.md's sale answer: the echo (no F2 for a swiped card) plus
+    # 12, 13, 15, 32, 37, 38, 39 and 64
+    assert r.msg.fields == (3, 4, 11, 12, 13, 15, 25, 32, 37, 38, 39, 41, 42, 49, 60, 64)
     assert await available(switch, 10) == 100_000_00 - 100_00
     fee = (100_00 * 38 + 5_000) // 10_000  # 0.38 %
     assert (
