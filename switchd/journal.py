@@ -34,7 +34,7 @@ RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 Key = tuple[str, int, int, bool]  # (tid, batch, stan, is_reversal)
 
 
-class Entry(msgspec.Struct):
+class Entry(msgspec.Struct, gc=False):  # no cycles: the GC need not scan thousands
     tid: str
     batch: int
     stan: int

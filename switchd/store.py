@@ -239,6 +239,9 @@ class Store:
             (r[0], r[1]): PaymentMethod(r[0], r[1], bool(r[2]), bool(r[3])) for r in methods
         }
         self.issuer_keys = dict(keys)
+        # Sessions are re-read on demand: a provisioning change (a new TMK) may
+        # have ended one, and its row is the truth.
+        self.sessions = {}
         self.version = version
         log.info(
             "reference data loaded: %d merchants, %d terminals, %d cards (version %d)",
