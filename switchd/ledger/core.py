@@ -898,15 +898,10 @@ class _Batch:
         return p, st
 
     def _post(self, op: PostPending) -> Result:
-        if type(op.id) is not int or not valid_id(op.id):
-            return Result(RC.ID_INVALID)
-        idb = to_bytes(op.id)
-        dup = self._dup(idb, _fp(f"P|{op.pending_id}|{op.amount}|{op.code}"))
-        if dup is not None:
-            return dup
-        bad = self._bad_fields(op.code, op.meta)
-        if bad is not None:
-            return bad
+        fingerprint = f"P|{op.pending_id}|{op.amount}|{op.code}"
+        idb, refused = self._admit(op.id, fingerprint, op.code, op.meta)
+        if refused is not None:
+            return refused
         if op.amount is not None and not _amount_ok(op.amount):
             return Result(RC.AMOUNT_INVALID)
         p, st = self._open_pending(op.pending_id)
@@ -932,16 +927,22 @@ class _Batch:
         self._insert(x, op.code, op.meta)
         return _OK
 
-    def _void(self, op: VoidPending) -> Result:
-        if type(op.id) is not int or not valid_id(op.id):
-            return Result(RC.ID_INVALID)
-        idb = to_bytes(op.id)
-        dup = self._dup(idb, _fp(f"V|{op.pending_id}|{op.code}"))
+    def _admit(self, op_id: object, fingerprint: str, code: object, meta: object
+               ) -> tuple[bytes, Result | None]:  # fmt: skip
+        """What post, void and reverse check first, in this order: a valid id,
+        not a duplicate (the first answer again), a well-formed code and meta."""
+        if type(op_id) is not int or not valid_id(op_id):
+            return b"", Result(RC.ID_INVALID)
+        idb = to_bytes(op_id)
+        dup = self._dup(idb, _fp(fingerprint))
         if dup is not None:
-            return dup
-        bad = self._bad_fields(op.code, op.meta)
-        if bad is not None:
-            return bad
+            return idb, dup
+        return idb, self._bad_fields(code, meta)
+
+    def _void(self, op: VoidPending) -> Result:
+        idb, refused = self._admit(op.id, f"V|{op.pending_id}|{op.code}", op.code, op.meta)
+        if refused is not None:
+            return refused
         p, st = self._open_pending(op.pending_id)
         # Voiding an overdue hold the sweeper has not reached yet is allowed:
         # either way the hold ends and nothing moves.
@@ -957,15 +958,9 @@ class _Batch:
         return _OK
 
     def _reverse(self, op: Reverse) -> Result:
-        if type(op.id) is not int or not valid_id(op.id):
-            return Result(RC.ID_INVALID)
-        idb = to_bytes(op.id)
-        dup = self._dup(idb, _fp(f"R|{op.original_id}|{op.code}"))
-        if dup is not None:
-            return dup
-        bad = self._bad_fields(op.code, op.meta)
-        if bad is not None:
-            return bad
+        idb, refused = self._admit(op.id, f"R|{op.original_id}|{op.code}", op.code, op.meta)
+        if refused is not None:
+            return refused
         orig = self._original(op.original_id, tombstone=True)
         if orig.type == TransferType.PENDING.value:
             return Result(RC.ORIGINAL_IS_PENDING)
