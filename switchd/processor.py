@@ -146,7 +146,7 @@ class Processor:
             # Only requests that passed the MAC and claimed their duplicate key
             # are journaled: an A0 kept under a STAN would be replayed to the
             # terminal's honest retry after it signs on again.
-            self.s.record_later(self._entry(txn, rc, frame))
+            self.s.journal.record(self._entry(txn, rc, frame))
         return frame
 
     def _entry(self, txn: Txn, rc: str, frame: bytes) -> Entry:
@@ -181,9 +181,7 @@ class Processor:
         stored = decode(txn.replay)
         fields = {f: stored[f] for f in stored.fields if f != 64}
         msg = txn.msg
-        tpdu, header = msg.tpdu, msg.header
-        if self.cfg.terminals.swap_tpdu:
-            tpdu = tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+        tpdu, header = self._answer_tpdu(msg.tpdu), msg.header
         txn.rc = stored.response_code
         return encode_frame(tpdu, header, stored.mti, fields, txn.mak)
 
@@ -199,11 +197,15 @@ class Processor:
         mti = (hi >> 4) * 1000 + (hi & 15) * 100 + (lo >> 4) * 10 + (lo & 15)
         if mti % 20 >= 10 or mti not in (100, 200, 220, 320, 400, 500, 800, 820):
             return None
-        tpdu = body[:5]
-        if self.cfg.terminals.swap_tpdu:
-            tpdu = tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+        tpdu = self._answer_tpdu(body[:5])
         metrics.TRANSACTIONS.labels("unsupported", codes.FORMAT_ERROR).inc()
         return encode_frame(tpdu, body[5:11], f"{mti + 10:04d}", {39: codes.FORMAT_ERROR})
+
+    def _answer_tpdu(self, tpdu: bytes) -> bytes:
+        """An answer's TPDU for answers built outside build_response (which swaps itself)."""
+        if self.cfg.terminals.swap_tpdu:
+            return tpdu[:1] + tpdu[3:5] + tpdu[1:3]
+        return tpdu
 
     def _account(self, txn: Txn, rc: str) -> None:
         elapsed = time.perf_counter() - txn.started

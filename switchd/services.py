@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from hsm.client import HsmClient
 from switchd.config import Config, Issuer
-from switchd.journal import Entry, Journal
+from switchd.journal import Journal
 from switchd.ledger import Ledger
 from switchd.store import Store
 
@@ -41,7 +41,3 @@ class Services:
             if issuer is not None:
                 return issuer
         return None
-
-    def record_later(self, entry: Entry) -> None:
-        """Journal an answer without making the terminal wait for the write."""
-        self.journal.record(entry)
