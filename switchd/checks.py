@@ -14,6 +14,7 @@ from hsm.codec import HsmCommandError
 from hsm.pool import HsmUnavailable
 from switchd import codes, metrics
 from switchd.context import Txn, luhn_ok
+from switchd.journal import JournalUnavailable
 from switchd.keys import mak_from_store
 from switchd.ledger import card_account_id
 
@@ -92,7 +93,12 @@ async def duplicate(p: Processor, txn: Txn) -> None:
     key = (txn.terminal.tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
     while (busy := p.in_progress.get(key)) is not None:
         await busy.wait()  # the same request is being answered right now
-    entry = await p.s.journal.lookup(*key)
+    try:
+        entry = await p.s.journal.lookup(*key)
+    except JournalUnavailable as exc:
+        log.error("duplicate check impossible: %s", exc)
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return
     if entry is not None:
         if entry.digest == txn.request_digest():
             txn.replay = entry.response

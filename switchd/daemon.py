@@ -29,7 +29,8 @@ from admin_api.migrations import migrate as admin_migrate
 from admin_api.server import serve_admin
 from hsm.client import open_hsm_client
 from hsm.lmk import load_lmk
-from hsm.server import serve_hsm
+from hsm.pool import Address
+from hsm.server import HsmServer, serve_hsm
 from hsm.testing import key_under_lmk
 from switchd import config as config_mod
 from switchd import demo, store
@@ -141,13 +142,17 @@ class Switch:
                 await ensure_demo_tokens(db)
             async with trio.open_nursery() as outer:
                 lmk = None
+                addresses: list[Address]
                 if cfg.hsm.embedded:
                     lmk = load_lmk(cfg.hsm.lmk)
+                    # The switch reaches its software HSM in process (hsm/local.py);
+                    # the same HSM also listens on loopback for operators' tools.
                     port = await outer.start(serve_hsm, lmk, "127.0.0.1", 0, cfg.hsm.header_len)
-                    addresses = [f"127.0.0.1:{port}"]
+                    addresses = [HsmServer(lmk, cfg.hsm.header_len)]
+                    self.hsm_address = f"127.0.0.1:{port}"
                 else:
                     addresses = list(cfg.hsm.addresses)
-                self.hsm_address = ",".join(addresses)
+                    self.hsm_address = ",".join(cfg.hsm.addresses)
                 async with open_hsm_client(
                     addresses, pool_size=cfg.hsm.pool_size, timeout=cfg.hsm.timeout_s,
                     header_len=cfg.hsm.header_len,
@@ -196,6 +201,7 @@ class Switch:
         )
         async with trio.open_nursery() as background:
             background.start_soon(journal.run)
+            background.start_soon(journal.run_loader)
             background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)

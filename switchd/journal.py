@@ -3,7 +3,11 @@
 Duplicate detection needs the answers of the terminal's open batch at hand
 on every request, so they are kept in memory per (terminal, batch), loaded
 from the database the first time that batch is touched after a start, and
-dropped when the batch settles.
+dropped when the batch settles. First touches are loaded together: a fleet
+starting up asks for a thousand batches within a second, and one query per
+batch through the switch database's single connection queued them for
+seconds (a terminal's first sale timed out); the loader task takes every
+batch asked for since its last query in one query.
 
 Writes go through one writer task with group commit, like the ledger's:
 ``record`` never waits for the disk. That is safe because the journal is not
@@ -29,9 +33,15 @@ from switchd.db import Cursor, Database
 log = logging.getLogger("switchd.journal")
 
 MAX_QUEUED = 100_000
+#: Batches per load query: 2 parameters each, well below SQLite's limit.
+LOAD_CHUNK = 400
 RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 Key = tuple[str, int, int, bool]  # (tid, batch, stan, is_reversal)
+
+
+class JournalUnavailable(Exception):
+    """A batch's answers could not be read: duplicates cannot be told apart."""
 
 
 class Entry(msgspec.Struct, gc=False):  # no cycles: the GC need not scan thousands
@@ -85,6 +95,10 @@ class Journal:
         # batch drops its dict in one step, whatever its size.
         self.batches: dict[tuple[str, int], dict[tuple[int, bool], Entry]] = {}
         self._loaded: set[tuple[str, int]] = set()
+        # Batches asked for and not loaded yet, each with the event its askers wait on.
+        self._to_load: dict[tuple[str, int], trio.Event] = {}
+        self._loading: dict[tuple[str, int], trio.Event] = {}
+        self._load_wake = trio.Event()
         self._queue: list[Entry] = []
         self._wake = trio.Event()
         self._idle = trio.Event()
@@ -92,21 +106,51 @@ class Journal:
         self.written = 0
         self.dropped = 0
 
-    async def _load_batch(self, tid: str, batch: int) -> None:
-        rows = await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM journal WHERE tid = ? AND batch = ?", (tid, batch)
-        )
-        self._loaded.add((tid, batch))
-        answers = self.batches.setdefault((tid, batch), {})
-        for r in rows:
-            e = _entry(r)
-            answers.setdefault((e.stan, e.reversal), e)
-
     async def lookup(self, tid: str, batch: int, stan: int, reversal: bool) -> Entry | None:
-        if (tid, batch) not in self._loaded:
-            await self._load_batch(tid, batch)
-        answers = self.batches.get((tid, batch))
+        key = (tid, batch)
+        if key not in self._loaded:
+            done = self._loading.get(key) or self._to_load.get(key)
+            if done is None:
+                done = self._to_load[key] = trio.Event()
+                self._load_wake.set()
+            await done.wait()
+            if key not in self._loaded:
+                raise JournalUnavailable(f"the journal of batch {batch} could not be read")
+        answers = self.batches.get(key)
         return answers.get((stan, reversal)) if answers else None
+
+    async def run_loader(self) -> None:
+        """Load every batch asked for since the last query, in one query per chunk."""
+        while True:
+            if not self._to_load:
+                self._load_wake = trio.Event()
+                await self._load_wake.wait()
+                continue
+            self._loading, self._to_load = self._to_load, {}
+            keys = list(self._loading)
+            try:
+                rows: list[tuple] = []
+                for i in range(0, len(keys), LOAD_CHUNK):
+                    rows += await self._fetch(keys[i : i + LOAD_CHUNK])
+            except Exception as exc:
+                # The askers answer 96; the next request of the batch tries again.
+                log.error("journal: loading %d batches failed: %s", len(keys), exc)
+            else:
+                for r in rows:
+                    e = _entry(r)
+                    answers = self.batches.setdefault((e.tid, e.batch), {})
+                    answers.setdefault((e.stan, e.reversal), e)
+                self._loaded.update(keys)
+            loading, self._loading = self._loading, {}
+            for done in loading.values():
+                done.set()
+
+    async def _fetch(self, keys: list[tuple[str, int]]) -> list[tuple]:
+        rows = ",".join(["(?, ?)"] * len(keys))
+        return await self.db.fetchall(
+            f"SELECT {_COLUMNS} FROM journal WHERE (tid, batch) IN (VALUES {rows})",
+            [v for key in keys for v in key],
+        )
 
     def record(self, e: Entry) -> None:
         """Keep the answer for duplicates now; the writer stores it soon after."""

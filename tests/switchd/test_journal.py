@@ -1,0 +1,95 @@
+"""The journal against a real SQLite file: first touches of many batches load together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from switchd import store
+from switchd.db import SqliteDatabase
+from switchd.journal import LOAD_CHUNK, Entry, Journal, JournalUnavailable
+
+
+def _entry(tid: str, batch: int, stan: int) -> Entry:
+    return Entry(
+        tid=tid, batch=batch, stan=stan, reversal=False, kind="sale", mid="898100012340001",
+        digest=f"d{stan}", rc="00", amount=100 + stan, masked_pan="622848******1234",
+        rrn=f"{stan:012d}", auth_code="A00001", orig_batch=None, orig_stan=None,
+        response=bytes([stan % 256]) * 20, created_at=1,
+    )  # fmt: skip
+
+
+class CountingDb(SqliteDatabase):
+    """The real database, counting the queries and able to fail them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.queries = 0
+        self.fail = False
+
+    async def fetchall(self, sql: str, params: Any = ()) -> list[Any]:
+        self.queries += 1
+        if self.fail:
+            raise OSError("disk I/O error (test)")
+        return await super().fetchall(sql, params)
+
+
+async def _written(db: SqliteDatabase, entries: list[Entry]) -> None:
+    journal = Journal(db)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        for e in entries:
+            journal.record(e)
+        await journal.flush()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_thousand_first_touches_take_a_few_queries(tmp_path: Path) -> None:
+    db = CountingDb(tmp_path / "switch.sqlite")
+    await store.migrate(db)
+    n = 1000
+    # Two answers in batch 1 of every terminal, one in its older batch 0.
+    entries = [_entry(f"T{i:07d}", 1, s) for i in range(n) for s in (1, 2)]
+    entries += [_entry(f"T{i:07d}", 0, 3) for i in range(n)]
+    await _written(db, entries)
+
+    journal = Journal(db)
+    db.queries = 0
+    found: dict[str, Entry | None] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run_loader)
+
+        async def ask(tid: str) -> None:
+            found[tid] = await journal.lookup(tid, 1, 2, False)
+            assert await journal.lookup(tid, 1, 3, False) is None  # not in this batch
+
+        async with trio.open_nursery() as askers:
+            for i in range(n):
+                askers.start_soon(ask, f"T{i:07d}")
+        nursery.cancel_scope.cancel()
+    assert all(e is not None and e.stan == 2 and e.amount == 102 for e in found.values())
+    assert len(found) == n
+    # One query per LOAD_CHUNK batches (asked within one scheduling pass), not one each.
+    assert db.queries <= 2 * (n // LOAD_CHUNK + 1)
+    assert len(journal.batches) == n  # batch 0 was never asked for, so never loaded
+    await db.aclose()
+
+
+async def test_a_failed_load_is_a_clear_error_and_is_retried(tmp_path: Path) -> None:
+    db = CountingDb(tmp_path / "switch.sqlite")
+    await store.migrate(db)
+    await _written(db, [_entry("T0000001", 1, 7)])
+    journal = Journal(db)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run_loader)
+        db.fail = True
+        with pytest.raises(JournalUnavailable):
+            await journal.lookup("T0000001", 1, 7, False)
+        db.fail = False
+        entry = await journal.lookup("T0000001", 1, 7, False)
+        assert entry is not None and entry.rrn == "000000000007"
+        nursery.cancel_scope.cancel()
+    await db.aclose()
