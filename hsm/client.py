@@ -22,7 +22,7 @@ import trio
 
 from hsm import codec
 from hsm.codec import Diagnostics, ExportedKey, GeneratedKey, ImportedKey, TranslatedPin
-from hsm.pool import HsmPool, open_hsm_pool
+from hsm.pool import Address, HsmPool, open_hsm_pool
 
 # Key type codes (THALES.md §2.2) for the keys the switch handles.
 ZMK = "000"
@@ -219,7 +219,7 @@ class HsmClient:
 
 @asynccontextmanager
 async def open_hsm_client(
-    addresses: Sequence[str | tuple[str, int]], **options: object
+    addresses: Sequence[Address], **options: object
 ) -> AsyncIterator[HsmClient]:
     """A pool (see HsmPool for options: pool_size, timeout, header_len, ...) with the typed API."""
     async with open_hsm_pool(addresses, **options) as pool:

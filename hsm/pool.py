@@ -30,6 +30,12 @@ import trio
 from hsm import codec, metrics
 from hsm.codec import HsmCommandError, HsmProtocolError
 from hsm.connection import HsmConnection, HsmLinkError, HsmTimeout
+from hsm.local import LocalHsmConnection
+from hsm.server import HsmServer
+
+#: Where an HSM is: "host:port", (host, port), or a software HSM in this process.
+Address = str | tuple[str, int] | HsmServer
+Link = HsmConnection | LocalHsmConnection
 
 log = logging.getLogger("hsm.client")
 
@@ -55,8 +61,8 @@ class HsmUnavailable(Exception):
     """No HSM answered the request (all out of rotation, or every attempt failed)."""
 
 
-def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
-    if isinstance(address, tuple):
+def parse_address(address: Address) -> tuple[str, int] | HsmServer:
+    if isinstance(address, tuple | HsmServer):
         return address
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -67,19 +73,19 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
 class HsmNode:
     """One HSM: its connections and whether it is in rotation."""
 
-    def __init__(self, pool: HsmPool, address: tuple[str, int]) -> None:
+    def __init__(self, pool: HsmPool, address: tuple[str, int] | HsmServer) -> None:
         self.pool = pool
         self.address = address
-        self.name = f"{address[0]}:{address[1]}"
+        self.name = "in-process" if isinstance(address, HsmServer) else f"{address[0]}:{address[1]}"
         self.up = False
-        self.conns: list[HsmConnection] = []
+        self.conns: list[Link] = []
         self._down = trio.Event()
         self._gauge_conns = metrics.POOL_CONNECTIONS.labels(self.name)
         self._gauge_up = metrics.HSM_UP.labels(self.name)
         self._gauge_up.set(0)
         self._gauge_conns.set(0)
 
-    def pick(self) -> HsmConnection | None:
+    def pick(self) -> Link | None:
         best = None
         for conn in self.conns:
             if not conn.closed and (best is None or conn.in_flight < best.in_flight):
@@ -96,7 +102,7 @@ class HsmNode:
             conn.close()
         self.pool.changed()
 
-    def _conn_closed(self, conn: HsmConnection, reason: str) -> None:
+    def _conn_closed(self, conn: Link, reason: str) -> None:
         if conn in self.conns:
             self.conns.remove(conn)
             self._gauge_conns.set(len(self.conns))
@@ -135,10 +141,16 @@ class HsmNode:
 
     async def _connect(self, nursery: trio.Nursery) -> None:
         pool = self.pool
-        for _ in range(pool.pool_size):
-            with trio.fail_after(pool.connect_timeout):
-                stream = await trio.open_tcp_stream(*self.address)
-            conn = HsmConnection(stream, pool.header_len, self.name, self._conn_closed)
+        address = self.address
+        # In process, a command runs inside its request: one link is enough.
+        for _ in range(1 if isinstance(address, HsmServer) else pool.pool_size):
+            conn: Link
+            if isinstance(address, HsmServer):
+                conn = LocalHsmConnection(address, self.name, self._conn_closed)
+            else:
+                with trio.fail_after(pool.connect_timeout):
+                    stream = await trio.open_tcp_stream(*address)
+                conn = HsmConnection(stream, pool.header_len, self.name, self._conn_closed)
             await nursery.start(conn.run)
             self.conns.append(conn)
             self._gauge_conns.set(len(self.conns))
@@ -163,7 +175,7 @@ class HsmNode:
 class HsmPool:
     def __init__(
         self,
-        addresses: Sequence[str | tuple[str, int]],
+        addresses: Sequence[Address],
         *,
         header_len: int = 4,
         pool_size: int = 4,
@@ -280,7 +292,7 @@ class HsmPool:
 
 @asynccontextmanager
 async def open_hsm_pool(
-    addresses: Sequence[str | tuple[str, int]], *, wait: bool = True, **options: object
+    addresses: Sequence[Address], *, wait: bool = True, **options: object
 ) -> AsyncIterator[HsmPool]:
     """Run a pool for the duration of the block; with `wait`, until an HSM is in rotation."""
     pool = HsmPool(addresses, **options)  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ class HsmServer:
             try:
                 while (frame := splitter.next_frame()) is not None:
                     reply = handle(frame)
-                    _count(frame[hl : hl + 2], reply[hl + 2 : hl + 4])
+                    count_command(frame[hl : hl + 2], reply[hl + 2 : hl + 4])
                     replies.append(encode_frame(reply))
             except FrameTooLarge as exc:
                 log.warning("closing HSM connection: frame length %d is absurd", exc.length)
@@ -95,7 +95,8 @@ class HsmServer:
                 await stream.send_all(b"".join(replies))
 
 
-def _count(command: bytes, code: bytes) -> None:
+def count_command(command: bytes, code: bytes) -> None:
+    """Count one answered command in the server's metrics."""
     # Unknown command codes are folded into "other" so a peer sending junk
     # cannot create unbounded label values.
     name = command.decode("ascii") if command in COMMANDS else "other"
