@@ -7,7 +7,10 @@ and the configured HSM addresses.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 REQUESTS = Counter(
     "hsm_client_requests",
@@ -40,3 +43,17 @@ SERVER_COMMANDS = Counter(
     "Commands answered by the software HSM, by command and error code.",
     ["command", "code"],
 )
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def labelled(metric: MetricWrapperBase, *values: str) -> Any:
+    """`metric.labels(*values)`, remembered: labels() takes a lock and checks its
+    arguments on every call, a cost paid once per command otherwise. The label
+    values are from fixed sets (see above), so the cache stays small."""
+    key = (metric, *values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child

@@ -286,8 +286,8 @@ class HsmPool:
                     break
             raise HsmUnavailable(f"{name}: no HSM answered ({last})") from last
         finally:
-            metrics.REQUESTS.labels(name, result).inc()
-            metrics.LATENCY.labels(name).observe(trio.current_time() - start)
+            metrics.labelled(metrics.REQUESTS, name, result).inc()
+            metrics.labelled(metrics.LATENCY, name).observe(trio.current_time() - start)
 
 
 @asynccontextmanager

@@ -100,7 +100,8 @@ def count_command(command: bytes, code: bytes) -> None:
     # Unknown command codes are folded into "other" so a peer sending junk
     # cannot create unbounded label values.
     name = command.decode("ascii") if command in COMMANDS else "other"
-    metrics.SERVER_COMMANDS.labels(name, code.decode("latin-1") if code.isdigit() else "xx").inc()
+    code_label = code.decode("latin-1") if code.isdigit() else "xx"
+    metrics.labelled(metrics.SERVER_COMMANDS, name, code_label).inc()
 
 
 async def serve_hsm(
