@@ -101,7 +101,7 @@ class HsmConnection:
         self._outbox.append(encode_frame(header + body))
         self._wake.set()
         try:
-            with trio.move_on_after(timeout):
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
                 await slot.event.wait()
         finally:
             # Timed out, or the caller was cancelled: forget the request, but

@@ -103,7 +103,7 @@ async def _flush(stream: trio.SocketStream, out: bytearray) -> bool:
         return True
     data = bytes(out)
     out.clear()
-    with trio.move_on_after(WRITE_TIMEOUT_S) as scope:
+    with trio.CancelScope(deadline=trio.current_time() + WRITE_TIMEOUT_S) as scope:
         try:
             await stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
