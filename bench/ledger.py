@@ -148,7 +148,7 @@ def bench_backend(backend: str, args: argparse.Namespace) -> dict[str, dict[str,
     # machine) affects both sides of the ratio alike.
     half = max(args.baseline_n // 2, 1)
     before = _measure(backend, args, half, 1)
-    group = _measure(backend, args, args.n, 4096)
+    group = _measure(backend, args, args.n, args.max_batch)
     after = _measure(backend, args, half, 1)
     latencies = sorted(before["latencies"] + after["latencies"])
     seconds = before["seconds"] + after["seconds"]
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-n", type=int, default=3_000,
                         help="transfers with one commit each (slow: keep it small)")
     parser.add_argument("--tasks", type=int, default=1_000, help="concurrent submitting tasks")
+    parser.add_argument("--max-batch", type=int, default=4096,
+                        help="most operations in one group commit")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
