@@ -3,7 +3,8 @@
 Duplicate detection needs the answers of the terminal's open batch at hand
 on every request, so they are kept in memory per (terminal, batch), loaded
 from the database the first time that batch is touched after a start, and
-dropped when the batch settles. First touches are loaded together: a fleet
+dropped when the batch settles, or earlier, least recently used first, when
+more than ``MAX_CACHED`` answers are held. First touches are loaded together: a fleet
 starting up asks for a thousand batches within a second, and one query per
 batch through the switch database's single connection queued them for
 seconds (a terminal's first sale timed out); the loader task takes every
@@ -34,6 +35,11 @@ from switchd.db import Cursor, Database
 log = logging.getLogger("switchd.journal")
 
 MAX_QUEUED = 100_000
+#: Answers kept in memory over all open batches. Past it, the batches touched
+#: least recently are dropped from memory (only once all their answers are
+#: written) and read again if touched: a large estate whose terminals settle
+#: once a day would otherwise hold every answer of the day.
+MAX_CACHED = 100_000
 #: Batches per load query: 2 parameters each, well below SQLite's limit.
 LOAD_CHUNK = 400
 RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -103,6 +109,13 @@ class Journal:
         # batch drops its dict in one step, whatever its size.
         self.batches: dict[tuple[str, int], dict[tuple[int, bool], Entry]] = {}
         self._loaded: set[tuple[str, int]] = set()
+        # Batches in order of last use, each with the number of the last answer
+        # recorded in it: a batch may leave memory once that answer is written.
+        self._lru: dict[tuple[str, int], int] = {}
+        self.cached = 0  # answers held in self.batches
+        self._seq = 0  # answers recorded so far
+        self._written_seq = 0  # every answer up to this number is in the database
+        self._evicted_at = -1  # _written_seq at the last eviction pass
         # Batches asked for and not loaded yet, each with the event its askers wait on.
         self._to_load: dict[tuple[str, int], trio.Event] = {}
         self._loading: dict[tuple[str, int], trio.Event] = {}
@@ -125,6 +138,8 @@ class Journal:
             await done.wait()
             if key not in self._loaded:
                 raise JournalUnavailable(f"the journal of batch {batch} could not be read")
+        lru = self._lru
+        lru[key] = lru.pop(key, 0)  # most recently used: to the end
         answers = self.batches.get(key)
         return answers.get((stan, reversal)) if answers else None
 
@@ -148,8 +163,10 @@ class Journal:
                 for r in rows:
                     e = _entry(r)
                     answers = self.batches.setdefault((e.tid, e.batch), {})
-                    answers.setdefault((e.stan, e.reversal), e)
+                    if answers.setdefault((e.stan, e.reversal), e) is e:
+                        self.cached += 1
                 self._loaded.update(keys)
+                self._evict()
             loading, self._loading = self._loading, {}
             for done in loading.values():
                 done.set()
@@ -163,7 +180,16 @@ class Journal:
 
     def record(self, e: Entry) -> None:
         """Keep the answer for duplicates now; the writer stores it soon after."""
-        self.batches.setdefault((e.tid, e.batch), {})[(e.stan, e.reversal)] = e
+        key = (e.tid, e.batch)
+        answers = self.batches.setdefault(key, {})
+        if (e.stan, e.reversal) not in answers:
+            self.cached += 1
+        answers[(e.stan, e.reversal)] = e
+        self._seq += 1
+        self._lru.pop(key, None)
+        self._lru[key] = self._seq
+        if self.cached > MAX_CACHED and self._evicted_at != self._written_seq:
+            self._evict()
         if len(self._queue) >= MAX_QUEUED:
             # The database has been failing for a long while. Shed the oldest
             # row rather than memory: the ledger, not the journal, holds the money.
@@ -192,8 +218,26 @@ class Journal:
 
     def forget_batch(self, tid: str, batch: int) -> None:
         """The batch has settled: its answers are no longer needed in memory."""
-        self._loaded.discard((tid, batch))
-        self.batches.pop((tid, batch), None)
+        self._drop((tid, batch))
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        self._loaded.discard(key)
+        self._lru.pop(key, None)
+        self.cached -= len(self.batches.pop(key, ()))
+
+    def _evict(self) -> None:
+        """Drop least recently used batches whose answers are all written, down
+        to nine tenths of MAX_CACHED (not one at a time: each drop scans)."""
+        target = MAX_CACHED * 9 // 10
+        if self.cached <= target:
+            return
+        # Nothing more becomes evictable until the writer writes again.
+        self._evicted_at = self._written_seq
+        for key, last in list(self._lru.items()):
+            if self.cached <= target:
+                break
+            if last <= self._written_seq:
+                self._drop(key)
 
     async def by_rrn(self, rrn: str) -> list[Entry]:
         rows = await self.db.fetchall(f"SELECT {_COLUMNS} FROM journal WHERE rrn = ?", (rrn,))
@@ -210,6 +254,7 @@ class Journal:
                 continue
             batch, settled = self._queue, self._settlements
             self._queue, self._settlements = [], []
+            upto = self._seq  # every answer recorded so far is in this write
             rows = [_row(e) for e in batch]
 
             def write(c: Cursor, rows: list[tuple] = rows, settled: list[tuple] = settled) -> None:
@@ -225,6 +270,7 @@ class Journal:
             try:
                 await self.db.run(write)
                 self.written += len(rows)
+                self._written_seq = upto
                 attempt = 0
             except Exception as exc:
                 # Keep the rows (in order, ahead of newer ones) and try again.

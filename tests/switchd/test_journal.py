@@ -1,4 +1,4 @@
-"""The journal against a real SQLite file: first touches of many batches load together."""
+"""The journal against a real SQLite file: batched first loads, settlements, bounded memory."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 
+from switchd import journal as journal_module
 from switchd import store
 from switchd.db import SqliteDatabase
 from switchd.journal import LOAD_CHUNK, Entry, Journal, JournalUnavailable
@@ -113,4 +114,36 @@ async def test_settlements_are_written_with_the_journal(tmp_path: Path) -> None:
     rows = await db.fetchall("SELECT tid, balanced, terminal_totals FROM settlements ORDER BY tid")
     assert len(rows) == 500 and rows[0] == ("T0000000", 0, "[2,1,0,0]")
     assert (await db.fetchone("SELECT count(*) FROM journal")) == (500,)
+    await db.aclose()
+
+
+async def test_memory_is_bounded_and_dropped_batches_come_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "MAX_CACHED", 100)
+    db = CountingDb(tmp_path / "switch.sqlite")
+    await store.migrate(db)
+    journal = Journal(db)
+    async with trio.open_nursery() as nursery:
+        # No writer yet (a database that is down): nothing unwritten may leave memory.
+        for b in range(20):
+            for s in range(10):
+                journal.record(_entry(f"T{b:07d}", 1, s))
+        assert journal.cached == 200 and len(journal.batches) == 20
+
+        nursery.start_soon(journal.run)
+        nursery.start_soon(journal.run_loader)
+        await journal.flush()
+        for b in range(20, 60):
+            for s in range(10):
+                journal.record(_entry(f"T{b:07d}", 1, s))
+            await journal.flush()
+        assert journal.cached <= 100
+        assert "T0000000" not in {tid for tid, _ in journal.batches}  # least recently used
+        # A dropped batch is read again when touched: its answers are all there.
+        db.queries = 0
+        again = await journal.lookup("T0000000", 1, 9, False)
+        assert again is not None and again.amount == 109 and db.queries == 1
+        assert len(journal.batches[("T0000000", 1)]) == 10
+        nursery.cancel_scope.cancel()
     await db.aclose()
