@@ -57,7 +57,11 @@ TARGETS = {
 
 
 class Sampler:
-    """The switch's peak RSS and CPU seconds while a phase runs (a thread, 4 samples/s)."""
+    """The switch's peak RSS and CPU while a phase runs (a thread, 4 samples/s).
+
+    Counts the process and its children (the workers of ``--workers N``).
+    CPU is reported per wall second of the whole phase (sign-on, warm-up,
+    window and settlement), the time the CPU seconds were spent in."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
@@ -65,16 +69,32 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.cpu0 = self._cpu()
+        self.wall0 = time.monotonic()
         self.cpu = 0.0
+        self.wall = 0.0
+
+    def _family(self) -> list[psutil.Process]:
+        return [self.proc, *self.proc.children(recursive=True)]
 
     def _cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return t.user + t.system
+        total = 0.0
+        for p in self._family():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def _rss(self) -> int:
+        total = 0
+        for p in self._family():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             try:
-                self.peak = max(self.peak, self.proc.memory_info().rss)
+                self.peak = max(self.peak, self._rss())
             except psutil.Error:
                 return
 
@@ -85,6 +105,7 @@ class Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.wall = time.monotonic() - self.wall0
         with contextlib.suppress(psutil.Error):
             self.cpu = self._cpu() - self.cpu0
 
@@ -170,11 +191,11 @@ def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes
     )  # fmt: skip
 
 
-def level_row(n: int, sw: Stats, ceil: Stats, sw_cpu: float, gen_cpu: float,
-              ceil_gen_cpu: float, peak_rss: int) -> dict[str, object]:  # fmt: skip
+def level_row(n: int, sw: Stats, ceil: Stats, sample: Sampler, gen_cpu: float,
+              ceil_gen_cpu: float, ceil_wall: float) -> dict[str, object]:  # fmt: skip
     s, c = sw.summary(), ceil.summary()
     ratio = float(s["approved_sales_per_s"]) / max(float(c["responses_per_s"]), 1e-9)  # type: ignore[arg-type]
-    secs = float(s["seconds"])  # type: ignore[arg-type]
+    secs = max(sample.wall, 1e-9)
     return {
         "terminals": n,
         "approved_sales_per_s": s["approved_sales_per_s"],
@@ -185,10 +206,10 @@ def level_row(n: int, sw: Stats, ceil: Stats, sw_cpu: float, gen_cpu: float,
         "ceiling_per_s": c["responses_per_s"], "ceiling_p50_ms": c["p50_ms"],
         "ceiling_p99_ms": c["p99_ms"], "ceiling_errors": c["errors"],
         "ratio": round(ratio, 3),
-        "switch_cpu_pct": round(100 * sw_cpu / secs, 1),
+        "switch_cpu_pct": round(100 * sample.cpu / secs, 1),
         "generator_cpu_pct": round(100 * gen_cpu / secs, 1),
-        "generator_cpu_pct_vs_ceiling": round(100 * ceil_gen_cpu / secs, 1),
-        "switch_peak_rss_mb": round(peak_rss / 2**20, 1),
+        "generator_cpu_pct_vs_ceiling": round(100 * ceil_gen_cpu / max(ceil_wall, 1e-9), 1),
+        "switch_peak_rss_mb": round(sample.peak / 2**20, 1),
     }  # fmt: skip
 
 
@@ -197,7 +218,8 @@ def markdown(result: dict[str, object]) -> str:
     out = [
         f"# bench.e2e {result['started']}",
         "",
-        f"Machine: {result['cpus']} CPUs; generator, switch and ceiling share them. "
+        f"Machine: {result['cpus']} CPUs; generator, switch ({result.get('workers', 1)}"
+        " worker process(es)) and ceiling share them. "
         f"Closed-loop approved sales (PIN + MAC) for {result['duration_s']} s per level "
         f"after {result['warmup_s']} s of warm-up; "
         "ceiling = bare trio server answering each frame with a fixed frame, same generator.",
@@ -267,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the JSON instead of the markdown")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     p.add_argument("--keep", action="store_true", help="keep the switch's data directory")
+    p.add_argument("--workers", type=int, default=1,
+                   help="switch worker processes (switchd run --workers N); 1 = the default")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
     per_merchant, cards = 5000, 10_000
@@ -279,18 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     work = Path(tempfile.mkdtemp(prefix="switchd-e2e-"))
     conf = procs.write_switch_config(work / "var", terminals_per_merchant=per_merchant,
-                                     cards=cards)  # fmt: skip
+                                     cards=cards, workers=args.workers)  # fmt: skip
     base = FleetConfig(per_merchant=per_merchant, cards=(4, cards), duration=args.duration,
                        mix={"sale": 1}, progress=False, timeout=30.0,
                        warmup=args.warmup)  # fmt: skip
     result: dict[str, object] = {
-        "started": stamp, "cpus": psutil.cpu_count(), "duration_s": args.duration,
+        "started": stamp, "cpus": psutil.cpu_count(), "workers": args.workers,
+        "duration_s": args.duration,
         "warmup_s": args.warmup,
         "levels_requested": levels,
     }  # fmt: skip
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
     say(f"e2e: starting the switch (fresh data in {work})")
-    switch = procs.start_switch(conf, work / "switch.log")
+    switch = procs.start_switch(conf, work / "switch.log", workers=args.workers)
     ceiling = procs.start_ceiling(work / "ceiling.log")
     try:
         base.port = switch.port
@@ -313,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
                 top = profile_top(raw) if raw.exists() else {"self": [], "by_file": []}
                 result["profile"] = {"terminals": n, **top}
             say(f"e2e: {n} terminals against the ceiling")
+            ceil_start = time.monotonic()
             ceil, ceil_cpu = fleet_run(_with(base, terminals=n, port=ceiling.port, ceiling=True,
                                              settle=False))  # fmt: skip
-            rows.append(level_row(n, sw, ceil, sample.cpu, gen_cpu, ceil_cpu, sample.peak))
+            ceil_wall = time.monotonic() - ceil_start
+            rows.append(level_row(n, sw, ceil, sample, gen_cpu, ceil_cpu, ceil_wall))
             say(f"e2e:   {rows[-1]['approved_sales_per_s']} sales/s, p99 {rows[-1]['p99_ms']} ms,"
                 f" ceiling {rows[-1]['ceiling_per_s']}/s, ratio {rows[-1]['ratio']}")  # fmt: skip
         result["levels"] = rows

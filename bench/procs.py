@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -39,9 +40,10 @@ class Proc:
         return self.popen.pid
 
     def rss(self) -> int:
-        """Resident memory in bytes (0 once gone)."""
+        """Resident memory in bytes, with its children's (workers); 0 once gone."""
         try:
-            return psutil.Process(self.pid).memory_info().rss
+            proc = psutil.Process(self.pid)
+            return sum(p.memory_info().rss for p in (proc, *proc.children(recursive=True)))
         except psutil.Error:
             return 0
 
@@ -86,12 +88,14 @@ def _start(argv: list[str], pattern: str, log_path: Path, cwd: Path | None = Non
 
 
 def write_switch_config(data_dir: Path, *, terminals_per_merchant: int = 5000,
-                        cards: int = 10_000, hsm_port: int | None = None) -> Path:  # fmt: skip
-    """A config file for a fresh switch: port 0, demo data, embedded or external HSM."""
+                        cards: int = 10_000, hsm_port: int | None = None,
+                        workers: int = 1) -> Path:  # fmt: skip
+    """A config file for a fresh switch: port 0 (a free fixed port for several
+    workers, which share it), demo data, embedded or external HSM."""
     data_dir.mkdir(parents=True, exist_ok=True)
     lines = [
         f'data_dir = "{data_dir}"',
-        "[[listeners]]", 'host = "127.0.0.1"', "port = 0",
+        "[[listeners]]", 'host = "127.0.0.1"', f"port = {0 if workers == 1 else free_port()}",
         "[admin]", "enabled = false",
         "[demo]", f"terminals_per_merchant = {terminals_per_merchant}", f"cards = {cards}",
     ]  # fmt: skip
@@ -111,9 +115,17 @@ def write_switch_config(data_dir: Path, *, terminals_per_merchant: int = 5000,
     return path
 
 
-def start_switch(config_path: Path, log_path: Path) -> Proc:
+def free_port() -> int:
+    """A loopback port free right now (for listeners that cannot use port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_switch(config_path: Path, log_path: Path, workers: int = 1) -> Proc:
     return _start(
-        [sys.executable, "-m", "switchd.cli", "run", "--config", str(config_path)],
+        [sys.executable, "-m", "switchd.cli", "run", "--config", str(config_path),
+         *(["--workers", str(workers)] if workers > 1 else [])],
         r"terminals on 127\.0\.0\.1:(\d+)", log_path,
     )  # fmt: skip
 
