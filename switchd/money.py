@@ -2,9 +2,10 @@
 
 Every posting goes to the ledger as one linked group (all legs or none), with
 transfer ids derived from TID + batch + STAN + kind, so a retried request
-can never post twice. The ledger call is shielded from the transaction's
-deadline: once operations are submitted the switch waits for the ledger's
-verdict, because abandoning the wait would not stop the commit. If the
+can never post twice. The transaction's deadline cannot interrupt the ledger
+call: once operations are submitted the switch waits for the ledger's
+verdict (the engine's wait is not cancellable), because abandoning the wait
+would not stop the commit. If the
 verdict comes after the deadline, what was posted is undone at once and the
 terminal is answered 98: late money is never left half-posted.
 """
@@ -73,22 +74,25 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
     if not ops:
         return True
     deadline = trio.current_effective_deadline()
-    with trio.CancelScope(shield=True):
-        try:
-            results = await p.s.ledger.submit_linked(ops)
-        except LedgerError as exc:
-            log.error("ledger commit failed: %s", exc)
-            txn.decline(codes.SYSTEM_MALFUNCTION)
-            return False
-        failed = [r for r in results if not r.ok and r.code is not ResultCode.LINKED_EVENT_FAILED]
-        if failed:
-            txn.decline(codes.from_ledger(failed[0].code))
-            return False
-        if trio.current_time() > deadline:
-            # Too late for the terminal: undo what was posted, answer 98.
+    # No shield needed around the submission: once queued, the ledger's wait
+    # cannot be cancelled (engine.py) and the verdict always arrives.
+    try:
+        results = await p.s.ledger.submit_linked(ops)
+    except LedgerError as exc:
+        log.error("ledger commit failed: %s", exc)
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return False
+    failed = [r for r in results if not r.ok and r.code is not ResultCode.LINKED_EVENT_FAILED]
+    if failed:
+        txn.decline(codes.from_ledger(failed[0].code))
+        return False
+    if trio.current_time() > deadline:
+        # Too late for the terminal: undo what was posted, answer 98. The
+        # deadline has passed, so the undo must be shielded from it.
+        with trio.CancelScope(shield=True):
             await _compensate(p, txn, ops)
-            txn.decline(codes.ISSUER_TIMEOUT)
-            return False
+        txn.decline(codes.ISSUER_TIMEOUT)
+        return False
     return True
 
 

@@ -100,7 +100,8 @@ class Processor:
                 log.exception("transaction failed: %s", txn.kind.name)
                 txn.rc = codes.SYSTEM_MALFUNCTION
         if deadline.cancelled_caught and not txn.done:
-            # Money moves only in the last, shielded participant (see money.py),
+            # Money moves only in the last participant, whose ledger wait the
+            # deadline cannot interrupt (see money.py),
             # so a deadline here means nothing was posted.
             txn.rc = codes.SYSTEM_MALFUNCTION
             log.warning("transaction %s timed out before posting", txn.kind.name)

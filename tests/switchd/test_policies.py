@@ -91,9 +91,13 @@ async def test_ledger_slower_than_the_deadline_is_98_and_undone(tmp_path: Path) 
         slow = {"on": False}
 
         async def slow_submit(ops):  # type: ignore[no-untyped-def]
+            results = await real(ops)
             if slow["on"]:
-                await trio.sleep(1.0)  # the ledger commits, but only after the deadline
-            return await real(ops)
+                # The verdict arrives only after the deadline, as a slow commit's
+                # would: the engine's wait for a queued operation is not cancellable.
+                with trio.CancelScope(shield=True):
+                    await trio.sleep(1.0)
+            return results
 
         ledger.submit_linked = slow_submit  # type: ignore[method-assign]
         c = await connect(sw)
