@@ -44,6 +44,9 @@ OVERLOAD_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 #: Pending connections the kernel may queue per listener (capped by somaxconn).
 BACKLOG = 4096
+#: How often the sweeper looks for connections waiting past their read
+#: timeout: timeouts are kept to within this much (see connection.py).
+SWEEP_S = 0.25
 
 ConnectionHandler = Callable[[trio.SocketStream, "Listeners"], Awaitable[None]]
 
@@ -61,8 +64,10 @@ class Listeners:
         self.draining = False
         self.addresses: list[tuple[str, int]] = []
         self._accept_scope = trio.CancelScope()
-        # Connections waiting for their next request: cancelled on drain.
-        self.idle_scopes: set[trio.CancelScope] = set()
+        # Connections blocked reading, by the scope that ends them, with the
+        # time they may wait until (idle or mid-frame): the sweeper cancels
+        # those past it, and a drain cancels them all.
+        self.reading: dict[trio.CancelScope, float] = {}
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
@@ -78,15 +83,27 @@ class Listeners:
         for lst in listeners:
             host, port = lst.socket.getsockname()[:2]
             self.addresses.append((host, port))
-        async with trio.open_nursery() as nursery:
-            with self._accept_scope:
-                async with trio.open_nursery() as accepters:
-                    for lst in listeners:
-                        accepters.start_soon(self._accept_loop, lst, nursery)
-                    task_status.started(self.addresses)
-            for lst in listeners:
-                await lst.aclose()
-            # nursery now waits for the connections to finish
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self._sweep)
+            async with trio.open_nursery() as nursery:
+                with self._accept_scope:
+                    async with trio.open_nursery() as accepters:
+                        for lst in listeners:
+                            accepters.start_soon(self._accept_loop, lst, nursery)
+                        task_status.started(self.addresses)
+                for lst in listeners:
+                    await lst.aclose()
+                # nursery now waits for the connections to finish
+            outer.cancel_scope.cancel()
+
+    async def _sweep(self) -> None:
+        """End the reads that have waited past their time (idle or stalled mid-frame)."""
+        while True:
+            await trio.sleep(SWEEP_S)
+            now = trio.current_time()
+            for scope, until in list(self.reading.items()):
+                if until <= now:
+                    scope.cancel()
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         while True:
@@ -123,7 +140,7 @@ class Listeners:
         """Stop accepting; idle connections close now, busy ones after their answer."""
         self.draining = True
         self._accept_scope.cancel()
-        for scope in list(self.idle_scopes):
+        for scope in list(self.reading):
             scope.cancel()
 
 
