@@ -140,6 +140,8 @@ def test_parity(key: bytes) -> None:
     fixed = fix_parity(key)
     assert has_odd_parity(fixed)
     assert bytes(b & 0xFE for b in fixed) == bytes(b & 0xFE for b in key)
+    # The definition: every byte has an odd number of 1 bits.
+    assert has_odd_parity(key) == all(bin(b).count("1") % 2 == 1 for b in key)
 
 
 def _lmk_text() -> str:
