@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from switchd.context import mask_pan
+
 if TYPE_CHECKING:
     from switchd.context import Txn
 
@@ -62,11 +64,17 @@ class TxnLog:
     def __init__(self) -> None:
         self.buf = bytearray()
         self.enabled = True
+        # The formatted second, made again only when the second changes.
+        self._second = -1
+        self._stamp = ""
 
     def emit(self, fields: dict[str, object]) -> None:
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-        line = {"ts": f"{stamp}.{int(now * 1000) % 1000:03d}Z", **fields}
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        line = {"ts": f"{self._stamp}.{int(now * 1000) % 1000:03d}Z", **fields}
         self.buf += orjson.dumps(line)
         self.buf += b"\n"
         if len(self.buf) >= self.FLUSH_BYTES:
@@ -109,8 +117,6 @@ TXN_LOG = TxnLog()
 def log_txn(txn: Txn, rc: str, elapsed_s: float) -> None:
     if not TXN_LOG.enabled or not txn_log.isEnabledFor(logging.INFO):
         return
-    from switchd.context import mask_pan
-
     msg = txn.msg
     fields: dict[str, object] = {
         "level": "info",
