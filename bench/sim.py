@@ -42,7 +42,7 @@ class Terminal:
     header: bytes = rq.DEFAULT_HEADER
     batch: str = "000001"
     stan: int = 0
-    pik: bytes | None = None
+    pik: DesKey | None = None  # its key schedule, made once per sign-on
     mak: DesKey | None = None
     history: dict[str, rq.Original] = field(default_factory=dict)
 
@@ -88,7 +88,7 @@ class Terminal:
         at += 16 if double else 8
         if key_check_value(mak, 4) != f62[at : at + 4]:
             raise TerminalError("MAK check value mismatch")
-        self.pik, self.mak = pik, DesKey(mak)
+        self.pik, self.mak = DesKey(pik), DesKey(mak)
         if 64 in resp.msg:
             resp.mac_ok = resp.msg.verify_mac(self.mak)
             if not resp.mac_ok:

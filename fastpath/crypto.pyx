@@ -194,5 +194,7 @@ def parse_pin_block_format0(block, str pan) -> str:
 
 
 def encrypt_pin_block(pik, str pin, str pan) -> bytes:
-    """A format 0 PIN block under the PIK, as a terminal's PIN pad sends it."""
-    return DesKey(pik).encrypt(pin_block_format0(pin, pan))
+    """A format 0 PIN block under the PIK (bytes, or a DesKey to skip the key
+    schedule), as a terminal's PIN pad sends it."""
+    cdef DesKey key = pik if isinstance(pik, DesKey) else DesKey(pik)
+    return key.encrypt(pin_block_format0(pin, pan))

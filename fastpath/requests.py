@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastpath.crypto import encrypt_pin_block
+from fastpath.crypto import DesKey, encrypt_pin_block
 
 #: TPDU to the bank-card application 0001 from terminal address 0000.
 DEFAULT_TPDU = bytes.fromhex("6000010000")
@@ -55,7 +55,7 @@ def _f60(type_code: str, batch: str, netcode: str = "000") -> str:
     return f"{type_code}{batch}{netcode}"
 
 
-def _card_fields(card: Card, pin: str | None, pik: bytes | None) -> Fields:
+def _card_fields(card: Card, pin: str | None, pik: bytes | DesKey | None) -> Fields:
     fields: Fields = {14: card.expiry, 22: "021" if pin else "022", 23: card.sequence}
     fields[35] = card.track2
     fields[26] = "12"
@@ -100,7 +100,7 @@ def _financial(
     type_code: str,
     amount: int | None,
     pin: str | None = None,
-    pik: bytes | None = None,
+    pik: bytes | DesKey | None = None,
 ) -> Fields:
     fields: Fields = {3: proc, 11: stan, 25: cond, 41: t.tid, 42: t.mid, 49: "156"}
     if amount is not None:
@@ -111,7 +111,7 @@ def _financial(
 
 
 def balance(
-    t: Terminal, card: Card, stan: str, pin: str | None = None, pik: bytes | None = None
+    t: Terminal, card: Card, stan: str, pin: str | None = None, pik: bytes | DesKey | None = None
 ) -> tuple[str, Fields]:
     return "0200", _financial(t, card, stan, "310000", "00", "01", None, pin, pik)
 
@@ -122,7 +122,7 @@ def sale(
     stan: str,
     amount: int,
     pin: str | None = None,
-    pik: bytes | None = None,
+    pik: bytes | DesKey | None = None,
 ) -> tuple[str, Fields]:
     return "0200", _financial(t, card, stan, "000000", "00", "22", amount, pin, pik)
 
@@ -133,7 +133,7 @@ def preauth(
     stan: str,
     amount: int,
     pin: str | None = None,
-    pik: bytes | None = None,
+    pik: bytes | DesKey | None = None,
 ) -> tuple[str, Fields]:
     return "0100", _financial(t, card, stan, "030000", "06", "10", amount, pin, pik)
 

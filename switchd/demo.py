@@ -18,6 +18,7 @@ marked done in ``switch_keys`` so later starts skip it.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -52,6 +53,7 @@ MARKER = "demo_data_v1"
 HSM_CONCURRENCY = 64
 
 
+@functools.lru_cache(maxsize=65536)
 def demo_pan(seq: int) -> str:
     body = f"{DEMO_BIN}{seq:012d}"
     for check in range(10):

@@ -96,6 +96,7 @@ def test_pin_block_round_trips_through_the_pik() -> None:
     pan = "6228480000000000018"
     block = encrypt_pin_block(pik, "123456", pan)
     assert parse_pin_block_format0(DesKey(pik).decrypt(block), pan) == "123456"
+    assert encrypt_pin_block(DesKey(pik), "123456", pan) == block  # a scheduled key: the same
 
 
 def test_garbage_pin_block_is_refused() -> None:
