@@ -46,6 +46,9 @@ from switchd.services import Services
 
 log = logging.getLogger("switchd")
 
+#: The collector's generation thresholds while serving (see Switch._serve).
+GC_THRESHOLDS = (50_000, 20, 100)
+
 
 def ledger_config(cfg: Config) -> LedgerConfig:
     return LedgerConfig(
@@ -190,6 +193,13 @@ class Switch:
         # under load do not rescan it (they showed as second-long latency tails).
         gc.collect()
         gc.freeze()
+        # Young-generation collections every 50,000 allocations instead of 700:
+        # a sale allocates a few hundred objects, almost none of them in cycles,
+        # and with thousands of connection tasks alive every collection walks
+        # them. bench.load, 1,000 terminals, three runs each, same machine:
+        # 2,533 / 2,781 / 2,862 sales/s with (700, 10, 10); 2,985 / 2,938 /
+        # 3,333 with these.
+        gc.set_threshold(*GC_THRESHOLDS)
         journal = Journal(db)
         self.services = Services(
             cfg=cfg, store=st, journal=journal, ledger=ledger, hsm=hsm, kek=kek,
