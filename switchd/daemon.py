@@ -210,6 +210,7 @@ class Switch:
             cfg, connection_handler(self.processor.handle), reuse_port=self.worker
         )
         async with trio.open_nursery() as background:
+            background.start_soon(db.run_batcher)
             background.start_soon(journal.run)
             background.start_soon(journal.run_loader)
             background.start_soon(TXN_LOG.run)

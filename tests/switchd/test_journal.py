@@ -147,3 +147,39 @@ async def test_memory_is_bounded_and_dropped_batches_come_back(
         assert len(journal.batches[("T0000000", 1)]) == 10
         nursery.cancel_scope.cancel()
     await db.aclose()
+
+
+async def test_concurrent_calls_share_transactions_and_keep_their_own_errors(
+    tmp_path: Path,
+) -> None:
+    db = SqliteDatabase(tmp_path / "switch.sqlite")
+    await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    results: dict[int, object] = {}
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(db.run_batcher)
+        await trio.sleep(0)
+
+        async def insert(k: int) -> None:
+            def go(c: Any) -> int:
+                c.execute("INSERT INTO t VALUES (?, ?)", (k, f"v{k}"))
+                if k % 10 == 7:
+                    raise ValueError(f"refused {k}")  # only this call's row goes
+                return k
+
+            try:
+                results[k] = await db.run(go)
+            except ValueError as exc:
+                results[k] = exc
+
+        async with trio.open_nursery() as callers:
+            for k in range(500):
+                callers.start_soon(insert, k)
+        assert db.batches < 100  # shared: far fewer transactions than calls
+        rows = await db.fetchall("SELECT k FROM t ORDER BY k")
+        assert [r[0] for r in rows] == [k for k in range(500) if k % 10 != 7]
+        assert all(results[k] == k for k in range(500) if k % 10 != 7)
+        assert all(isinstance(results[k], ValueError) for k in range(7, 500, 10))
+        nursery.cancel_scope.cancel()
+    # Without the batcher, calls run one transaction each, as before.
+    assert (await db.fetchone("SELECT count(*) FROM t")) == (450,)
+    await db.aclose()
