@@ -145,10 +145,12 @@ class SqliteDatabase(Database):
                     cur.execute("RELEASE call")
                 self.conn.commit()
             except sqlite3.Error as exc:
-                if self.conn.in_transaction:
-                    self.conn.rollback()
+                # BEGIN, a savepoint or COMMIT failed: nothing of the batch stays.
                 for call in calls:
                     call.result = outcome.Error(exc)
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.rollback()
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
         if self._wake is None:

@@ -101,8 +101,8 @@ class Listeners:
         while True:
             await trio.sleep(SWEEP_S)
             now = trio.current_time()
-            # No copy of the dict (thousands of tuples every sweep feed the
-            # garbage collector): cancel() does not change it while we iterate.
+            # Iterated in place, not copied: a copy of thousands of entries
+            # every sweep fed the garbage collector.
             expired = [scope for scope, until in self.reading.items() if until <= now]
             for scope in expired:
                 scope.cancel()
