@@ -10,8 +10,7 @@ batch through the switch database's single connection queued them for
 seconds (a terminal's first sale timed out); the loader task takes every
 batch asked for since its last query in one query.
 
-Writes (answers, and settlements' comparisons for the reports) go through
-one writer task with group commit, like the ledger's:
+Writes go through one writer task with group commit, like the ledger's:
 ``record`` never waits for the disk. That is safe because the journal is not
 what keeps money right: the ledger is, with its idempotent transfer ids. A
 journal row lost in a crash only means a retried request is processed again
@@ -74,13 +73,6 @@ class Entry(msgspec.Struct, gc=False):  # no cycles: the GC need not scan thousa
         return (self.tid, self.batch, self.stan, self.reversal)
 
 
-_INSERT_SETTLEMENT = (
-    "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
-    " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
-    " balanced = excluded.balanced, terminal_totals = excluded.terminal_totals,"
-    " host_totals = excluded.host_totals, created_at = excluded.created_at"
-)
-
 _COLUMNS = (
     "tid, batch, stan, reversal, kind, mid, digest, rc, amount, masked_pan, rrn, auth_code,"
     " orig_batch, orig_stan, response, created_at"
@@ -121,7 +113,6 @@ class Journal:
         self._loading: dict[tuple[str, int], trio.Event] = {}
         self._load_wake = trio.Event()
         self._queue: list[Entry] = []
-        self._settlements: list[tuple] = []
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -202,20 +193,6 @@ class Journal:
             self._idle = trio.Event()
         self._wake.set()
 
-    def record_settlement(self, row: tuple) -> None:
-        """Keep a settlement's comparison (terminal vs host totals) for the reports.
-
-        Written with the next journal commit rather than on its own: a fleet
-        settling at the end of the day sent thousands of one-row transactions
-        through the database's single connection, and the last ones waited
-        past the transaction timeout (96). The batch itself is closed in the
-        ledger before this; the row is the reports' record of the comparison.
-        """
-        self._settlements.append(row)
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self._wake.set()
-
     def forget_batch(self, tid: str, batch: int) -> None:
         """The batch has settled: its answers are no longer needed in memory."""
         self._drop((tid, batch))
@@ -247,25 +224,22 @@ class Journal:
         """The writer: one transaction for everything queued since the last one."""
         attempt = 0
         while True:
-            if not self._queue and not self._settlements:
+            if not self._queue:
                 self._idle.set()
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            batch, settled = self._queue, self._settlements
-            self._queue, self._settlements = [], []
+            batch = self._queue
+            self._queue = []
             upto = self._seq  # every answer recorded so far is in this write
             rows = [_row(e) for e in batch]
 
-            def write(c: Cursor, rows: list[tuple] = rows, settled: list[tuple] = settled) -> None:
-                if rows:
-                    c.executemany(
-                        f"INSERT INTO journal ({_COLUMNS}) VALUES ({','.join('?' * 16)})"
-                        " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING",
-                        rows,
-                    )
-                if settled:
-                    c.executemany(_INSERT_SETTLEMENT, settled)
+            def write(c: Cursor, rows: list[tuple] = rows) -> None:
+                c.executemany(
+                    f"INSERT INTO journal ({_COLUMNS}) VALUES ({','.join('?' * 16)})"
+                    " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING",
+                    rows,
+                )
 
             try:
                 await self.db.run(write)
@@ -275,7 +249,6 @@ class Journal:
             except Exception as exc:
                 # Keep the rows (in order, ahead of newer ones) and try again.
                 self._queue = batch + self._queue
-                self._settlements = settled + self._settlements
                 delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 attempt += 1
                 log.error("journal write of %d rows failed (%s); retrying in %.1fs",

@@ -98,14 +98,20 @@ async def settlement(p: Processor, txn: Txn) -> None:
                     tid, txn.batch, result.value)  # fmt: skip
     # The batch is closed: its answers are no longer needed for duplicates.
     p.s.journal.forget_batch(tid, txn.batch)
-    p.s.journal.record_settlement((
-        tid, txn.batch, txn.terminal.mid, int(balanced),
-        orjson.dumps([theirs.debit_amount, theirs.debit_count, theirs.credit_amount,
-                      theirs.credit_count]).decode(),
-        orjson.dumps([ours.debit_amount, ours.debit_count, ours.credit_amount,
-                      ours.credit_count]).decode(),
-        now_us(),
-    ))  # fmt: skip
+    await p.s.store.db.execute(
+        "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
+        " balanced = excluded.balanced, terminal_totals = excluded.terminal_totals,"
+        " host_totals = excluded.host_totals, created_at = excluded.created_at",
+        (
+            tid, txn.batch, txn.terminal.mid, int(balanced),
+            orjson.dumps([theirs.debit_amount, theirs.debit_count, theirs.credit_amount,
+                          theirs.credit_count]).decode(),
+            orjson.dumps([ours.debit_amount, ours.debit_count, ours.credit_amount,
+                          ours.credit_count]).decode(),
+            now_us(),
+        ),
+    )  # fmt: skip
     log.info(
         "settlement",
         extra={"fields": {"event": "settlement", "tid": tid, "batch": txn.batch,

@@ -1,4 +1,5 @@
-"""The journal against a real SQLite file: batched first loads, settlements, bounded memory."""
+"""The journal and the switch database against a real SQLite file: batched loads and calls,
+bounded memory."""
 
 from __future__ import annotations
 
@@ -93,27 +94,6 @@ async def test_a_failed_load_is_a_clear_error_and_is_retried(tmp_path: Path) -> 
         entry = await journal.lookup("T0000001", 1, 7, False)
         assert entry is not None and entry.rrn == "000000000007"
         nursery.cancel_scope.cancel()
-    await db.aclose()
-
-
-async def test_settlements_are_written_with_the_journal(tmp_path: Path) -> None:
-    db = CountingDb(tmp_path / "switch.sqlite")
-    await store.migrate(db)
-    journal = Journal(db)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(journal.run)
-        for i in range(500):
-            journal.record_settlement((f"T{i:07d}", 1, "898100012340001", 1, "[1,1,0,0]",
-                                       "[1,1,0,0]", 1))  # fmt: skip
-            journal.record(_entry(f"T{i:07d}", 1, 1))
-        # Settled again (a repeated 0500): the row is replaced, not duplicated.
-        journal.record_settlement(("T0000000", 1, "898100012340001", 0, "[2,1,0,0]",
-                                   "[1,1,0,0]", 2))  # fmt: skip
-        await journal.flush()
-        nursery.cancel_scope.cancel()
-    rows = await db.fetchall("SELECT tid, balanced, terminal_totals FROM settlements ORDER BY tid")
-    assert len(rows) == 500 and rows[0] == ("T0000000", 0, "[2,1,0,0]")
-    assert (await db.fetchone("SELECT count(*) FROM journal")) == (500,)
     await db.aclose()
 
 
