@@ -3,12 +3,12 @@
 Duplicate detection needs the answers of the terminal's open batch at hand
 on every request, so they are kept in memory per (terminal, batch), loaded
 from the database the first time that batch is touched after a start, and
-dropped when the batch settles, or earlier, least recently used first, when
-more than ``MAX_CACHED`` answers are held. First touches are loaded together: a fleet
-starting up asks for a thousand batches within a second, and one query per
-batch through the switch database's single connection queued them for
-seconds (a terminal's first sale timed out); the loader task takes every
-batch asked for since its last query in one query.
+dropped when the batch settles, or earlier, when more than ``MAX_CACHED``
+answers are held and the batch has been idle for a minute. First touches
+are loaded together: a fleet starting up asks for a thousand batches within
+a second, and one query per batch through the switch database's single
+connection queued them for seconds (a terminal's first sale timed out); the
+loader task takes every batch asked for since its last query in one query.
 
 Writes go through one writer task with group commit, like the ledger's:
 ``record`` never waits for the disk. That is safe because the journal is not
@@ -25,6 +25,7 @@ with an error log (memory is bounded; as said, no money depends on them).
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 import trio
@@ -34,11 +35,16 @@ from switchd.db import Cursor, Database
 log = logging.getLogger("switchd.journal")
 
 MAX_QUEUED = 100_000
-#: Answers kept in memory over all open batches. Past it, the batches touched
-#: least recently are dropped from memory (only once all their answers are
-#: written) and read again if touched: a large estate whose terminals settle
-#: once a day would otherwise hold every answer of the day.
+#: Answers kept in memory over all open batches. Past it, batches idle for
+#: EVICT_IDLE_S are dropped from memory, least recently used first and only
+#: once all their answers are written, and read again if touched: a large
+#: estate whose terminals settle once a day would otherwise hold every answer
+#: of the day. Batches in use are never dropped, whatever their number: the
+#: bound sheds idle batches, it does not thrash busy ones.
 MAX_CACHED = 100_000
+EVICT_IDLE_S = 60.0
+#: Eviction passes scan the batches: at most one per this many seconds.
+EVICT_EVERY_S = 1.0
 #: Batches per load query: 2 parameters each, well below SQLite's limit.
 LOAD_CHUNK = 400
 RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
@@ -102,12 +108,13 @@ class Journal:
         self.batches: dict[tuple[str, int], dict[tuple[int, bool], Entry]] = {}
         self._loaded: set[tuple[str, int]] = set()
         # Batches in order of last use, each with the number of the last answer
-        # recorded in it: a batch may leave memory once that answer is written.
-        self._lru: dict[tuple[str, int], int] = {}
+        # recorded in it (it may leave memory once that answer is written) and
+        # the time of its last use.
+        self._lru: dict[tuple[str, int], tuple[int, float]] = {}
         self.cached = 0  # answers held in self.batches
         self._seq = 0  # answers recorded so far
         self._written_seq = 0  # every answer up to this number is in the database
-        self._evicted_at = -1  # _written_seq at the last eviction pass
+        self._next_evict = 0.0  # no eviction pass before this time (one a second)
         # Batches asked for and not loaded yet, each with the event its askers wait on.
         self._to_load: dict[tuple[str, int], trio.Event] = {}
         self._loading: dict[tuple[str, int], trio.Event] = {}
@@ -129,8 +136,7 @@ class Journal:
             await done.wait()
             if key not in self._loaded:
                 raise JournalUnavailable(f"the journal of batch {batch} could not be read")
-        lru = self._lru
-        lru[key] = lru.pop(key, 0)  # most recently used: to the end
+        self._touch(key, None)
         answers = self.batches.get(key)
         return answers.get((stan, reversal)) if answers else None
 
@@ -157,7 +163,8 @@ class Journal:
                     if answers.setdefault((e.stan, e.reversal), e) is e:
                         self.cached += 1
                 self._loaded.update(keys)
-                self._evict()
+                for key in keys:
+                    self._touch(key, None)  # in use: safe from eviction for a while
             loading, self._loading = self._loading, {}
             for done in loading.values():
                 done.set()
@@ -177,10 +184,9 @@ class Journal:
             self.cached += 1
         answers[(e.stan, e.reversal)] = e
         self._seq += 1
-        self._lru.pop(key, None)
-        self._lru[key] = self._seq
-        if self.cached > MAX_CACHED and self._evicted_at != self._written_seq:
-            self._evict()
+        now = self._touch(key, self._seq)
+        if self.cached > MAX_CACHED and now >= self._next_evict:
+            self._evict(now)
         if len(self._queue) >= MAX_QUEUED:
             # The database has been failing for a long while. Shed the oldest
             # row rather than memory: the ledger, not the journal, holds the money.
@@ -202,18 +208,24 @@ class Journal:
         self._lru.pop(key, None)
         self.cached -= len(self.batches.pop(key, ()))
 
-    def _evict(self) -> None:
-        """Drop least recently used batches whose answers are all written, down
-        to nine tenths of MAX_CACHED (not one at a time: each drop scans)."""
+    def _touch(self, key: tuple[str, int], seq: int | None) -> float:
+        """Mark the batch used now (and holding answer `seq`): to the LRU's end."""
+        now = time.monotonic()
+        last = self._lru.pop(key, None)
+        if seq is None:
+            seq = last[0] if last is not None else 0
+        self._lru[key] = (seq, now)
+        return now
+
+    def _evict(self, now: float) -> None:
+        """Drop idle batches whose answers are all written, least recently used
+        first, down to nine tenths of MAX_CACHED (a pass scans, so not one by one)."""
+        self._next_evict = now + EVICT_EVERY_S
         target = MAX_CACHED * 9 // 10
-        if self.cached <= target:
-            return
-        # Nothing more becomes evictable until the writer writes again.
-        self._evicted_at = self._written_seq
-        for key, last in list(self._lru.items()):
-            if self.cached <= target:
-                break
-            if last <= self._written_seq:
+        for key, (seq, used) in list(self._lru.items()):
+            if self.cached <= target or now - used < EVICT_IDLE_S:
+                break  # the rest were used more recently still
+            if seq <= self._written_seq:
                 self._drop(key)
 
     async def by_rrn(self, rrn: str) -> list[Entry]:

@@ -101,6 +101,8 @@ async def test_memory_is_bounded_and_dropped_batches_come_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(journal_module, "MAX_CACHED", 100)
+    monkeypatch.setattr(journal_module, "EVICT_IDLE_S", 0.0)
+    monkeypatch.setattr(journal_module, "EVICT_EVERY_S", 0.0)
     db = CountingDb(tmp_path / "switch.sqlite")
     await store.migrate(db)
     journal = Journal(db)
@@ -162,4 +164,32 @@ async def test_concurrent_calls_share_transactions_and_keep_their_own_errors(
         nursery.cancel_scope.cancel()
     # Without the batcher, calls run one transaction each, as before.
     assert (await db.fetchone("SELECT count(*) FROM t")) == (450,)
+    await db.aclose()
+
+
+async def test_batches_in_use_are_never_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the bound with every batch busy (a soak: 100 terminals, ~1,500 answers
+    each), nothing is dropped: no reload churn, no lookup left without its batch."""
+    monkeypatch.setattr(journal_module, "MAX_CACHED", 100)
+    monkeypatch.setattr(journal_module, "EVICT_EVERY_S", 0.0)
+    db = CountingDb(tmp_path / "switch.sqlite")
+    await store.migrate(db)
+    journal = Journal(db)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        nursery.start_soon(journal.run_loader)
+        for b in range(30):
+            assert await journal.lookup(f"T{b:07d}", 1, 0, False) is None
+            for s in range(10):
+                journal.record(_entry(f"T{b:07d}", 1, s))
+            await journal.flush()
+        assert journal.cached == 300 and len(journal.batches) == 30
+        db.queries = 0
+        for b in range(30):
+            e = await journal.lookup(f"T{b:07d}", 1, 9, False)
+            assert e is not None and e.amount == 109
+        assert db.queries == 0
+        nursery.cancel_scope.cancel()
     await db.aclose()
