@@ -29,6 +29,8 @@ import trio
 
 from fastpath.crypto import DesKey, key_check_value
 from hsm.client import DEK, TAK, TPK, HsmClient
+from hsm.codec import HsmCommandError
+from hsm.pool import HsmUnavailable
 
 #: The switch's key names in the switch_keys table.
 KEK_NAME = "kek_zmk_lmk"
@@ -73,12 +75,23 @@ async def sign_on_keys(
         else:
             out[name + "_kcv"] = await _kcv4(hsm, key_type, key.under_lmk)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(gen, "pik", TPK, scheme, export)
-        # The MAK is single length in every layout (003 pads it with zeros).
-        nursery.start_soon(gen, "mak", TAK, "Z", "Z")
-        if netcode == "004":
-            nursery.start_soon(gen, "tdk", DEK, "U", "X")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(gen, "pik", TPK, scheme, export)
+            # The MAK is single length in every layout (003 pads it with zeros).
+            nursery.start_soon(gen, "mak", TAK, "Z", "Z")
+            if netcode == "004":
+                nursery.start_soon(gen, "tdk", DEK, "U", "X")
+    except ExceptionGroup as group:
+        # The keys are asked for concurrently, but a caller handles an HSM
+        # failure as it would from one call: raise the first one as it is.
+        hsm_errors, rest = group.split((HsmCommandError, HsmUnavailable))
+        if hsm_errors is None or rest is not None:
+            raise
+        first: BaseException = hsm_errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
     pik, mak, tdk = out["pik"], out["mak"], out.get("tdk")
     mak_kek: bytes = out["mak_kek"]  # type: ignore[assignment]
     mak_clear = DesKey(kek).decrypt(mak_kek)
