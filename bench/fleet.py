@@ -115,6 +115,9 @@ class FleetConfig:
     # Codes and failures expected while faults are injected (soak): counted apart.
     tolerate: frozenset[str] = frozenset()
     tolerate_failures: bool = False
+    # When set, `tolerate` codes count as tolerated only while this returns True
+    # (the fault's window) and as errors otherwise.
+    tolerate_while: Callable[[], bool] | None = None
     seed: int = 1
     progress: bool = True
 
@@ -302,7 +305,8 @@ class Worker:
     def expect(self, kind: str, resp: Response, want: str = "00") -> bool:
         if resp.rc == want:
             return True
-        if resp.rc in self.cfg.tolerate:
+        window = self.cfg.tolerate_while
+        if resp.rc in self.cfg.tolerate and (window is None or window()):
             self.stats.tolerated[f"{kind}:{resp.rc}"] += 1
         else:
             self.stats.error(f"{kind}: rc {resp.rc}, expected {want}")

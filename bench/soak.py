@@ -8,9 +8,10 @@ and demo TMK under the LMK are computed once here, as a key ceremony
 would). Then, all at once, for the duration:
 
 - the fleet: ``--terminals`` well-behaved terminals running the default mix;
-  answers 91/96/98 and lost answers are *tolerated* (counted apart) since
-  the HSM is cut on purpose, and every lost answer is reversed as a
-  terminal does; anything else unexpected is an error;
+  answers 91/96/98 while the HSM is cut (until ``HSM_GRACE_S`` after it is
+  back) and lost answers are *tolerated* (counted apart), and every lost
+  answer is reversed as a terminal does; anything else unexpected, and a
+  91/96/98 outside the HSM's cut, is an error;
 - garbage: connections sending random bodies, impossible lengths, bad TPDUs;
 - wrong MACs: a signed-on terminal whose sales carry a corrupted MAC, which
   must each be answered A0 and move no money;
@@ -73,6 +74,9 @@ STALL_EVERY_S = 10.0
 STORM_SIZE = 3000
 FRAME_TIMEOUT_S = Config().terminals.frame_timeout_s
 HSM_DOWN_S = 10.0
+#: After the HSM is back: the pool's reconnect backoff (up to 10 s) plus a
+#: transaction timeout (5 s) and some slack, during which 91/96/98 may still come.
+HSM_GRACE_S = 20.0
 #: RSS the switch may still gain over the second half of a soak without it counting as growth.
 MEMORY_SLACK_MB = 50.0
 
@@ -105,6 +109,8 @@ class Soak:
         self.hsm: procs.Proc | None = None
         self.switch: procs.Proc | None = None
         self.end = 0.0
+        self.hsm_cut_at: float | None = None
+        self.hsm_back_at: float | None = None
 
     def running(self) -> bool:
         return time.monotonic() < self.end
@@ -234,6 +240,7 @@ class Soak:
     async def hsm_cut(self) -> None:
         await self._sleep_until(0.3)
         assert self.hsm is not None
+        self.hsm_cut_at = time.monotonic()
         self.hsm.kill()
         t = time.monotonic() - self.start
         self.found.hsm.append(f"HSM killed at {t:.0f} s")
@@ -241,6 +248,14 @@ class Soak:
         self.hsm = await asyncio.to_thread(procs.start_hsm, self.hsm_port,
                                            self.work / "hsm.log")  # fmt: skip
         self.found.hsm.append(f"HSM restarted at {time.monotonic() - self.start:.0f} s")
+        self.hsm_back_at = time.monotonic()
+
+    def hsm_fault_window(self) -> bool:
+        """True from the HSM's kill until the pool has surely taken it back:
+        91/96/98 are expected then, and errors at any other time."""
+        if self.hsm_cut_at is None or time.monotonic() < self.hsm_cut_at:
+            return False
+        return self.hsm_back_at is None or time.monotonic() < self.hsm_back_at + HSM_GRACE_S
 
     async def memory(self) -> None:
         while self.running():
@@ -353,6 +368,7 @@ def run_soak(args: argparse.Namespace) -> int:
         port=soak.switch.port, terminals=args.terminals, duration=soak.duration, rate=args.rate,
         cards=(4, CARDS), timeout=args.timeout, progress=False,
         tolerate=frozenset({"91", "96", "98"}), tolerate_failures=True,
+        tolerate_while=soak.hsm_fault_window,
     )  # fmt: skip
     try:
         result = uvloop.run(soak.run(cfg, tally))
