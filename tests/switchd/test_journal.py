@@ -39,6 +39,13 @@ class CountingDb(SqliteDatabase):
         return await super().fetchall(sql, params)
 
 
+async def _migrated(tmp_path: Path) -> CountingDb:
+    """A fresh switch database with its tables."""
+    db = CountingDb(tmp_path / "switch.sqlite")
+    await store.migrate(db)
+    return db
+
+
 async def _written(db: SqliteDatabase, entries: list[Entry]) -> None:
     journal = Journal(db)
     async with trio.open_nursery() as nursery:
@@ -50,8 +57,7 @@ async def _written(db: SqliteDatabase, entries: list[Entry]) -> None:
 
 
 async def test_a_thousand_first_touches_take_a_few_queries(tmp_path: Path) -> None:
-    db = CountingDb(tmp_path / "switch.sqlite")
-    await store.migrate(db)
+    db = await _migrated(tmp_path)
     n = 1000
     # Two answers in batch 1 of every terminal, one in its older batch 0.
     entries = [_entry(f"T{i:07d}", 1, s) for i in range(n) for s in (1, 2)]
@@ -81,8 +87,7 @@ async def test_a_thousand_first_touches_take_a_few_queries(tmp_path: Path) -> No
 
 
 async def test_a_failed_load_is_a_clear_error_and_is_retried(tmp_path: Path) -> None:
-    db = CountingDb(tmp_path / "switch.sqlite")
-    await store.migrate(db)
+    db = await _migrated(tmp_path)
     await _written(db, [_entry("T0000001", 1, 7)])
     journal = Journal(db)
     async with trio.open_nursery() as nursery:
@@ -103,8 +108,7 @@ async def test_memory_is_bounded_and_dropped_batches_come_back(
     monkeypatch.setattr(journal_module, "MAX_CACHED", 100)
     monkeypatch.setattr(journal_module, "EVICT_IDLE_S", 0.0)
     monkeypatch.setattr(journal_module, "EVICT_EVERY_S", 0.0)
-    db = CountingDb(tmp_path / "switch.sqlite")
-    await store.migrate(db)
+    db = await _migrated(tmp_path)
     journal = Journal(db)
     async with trio.open_nursery() as nursery:
         # No writer yet (a database that is down): nothing unwritten may leave memory.
@@ -174,8 +178,7 @@ async def test_batches_in_use_are_never_dropped(
     each), nothing is dropped: no reload churn, no lookup left without its batch."""
     monkeypatch.setattr(journal_module, "MAX_CACHED", 100)
     monkeypatch.setattr(journal_module, "EVICT_EVERY_S", 0.0)
-    db = CountingDb(tmp_path / "switch.sqlite")
-    await store.migrate(db)
+    db = await _migrated(tmp_path)
     journal = Journal(db)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(journal.run)
