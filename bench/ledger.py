@@ -114,11 +114,13 @@ async def run_one(config: LedgerConfig, n: int, tasks: int, first_id: int) -> di
     }
 
 
-def _config(backend: str, where: str, max_batch: int, dsn: str) -> LedgerConfig:
+def _config(backend: str, where: str, max_batch: int, dsn: str, writer: str) -> LedgerConfig:
     if backend == "sqlite":
-        return LedgerConfig(data_dir=where, max_batch=max_batch, expiry_interval_s=3600)
+        return LedgerConfig(data_dir=where, max_batch=max_batch, expiry_interval_s=3600,
+                            writer=writer)  # type: ignore[arg-type]
     return LedgerConfig(backend="postgres", max_batch=max_batch, expiry_interval_s=3600,
-                        postgres=PostgresConfig(dsn=dsn, schema=where, pool_max=4))
+                        postgres=PostgresConfig(dsn=dsn, schema=where, pool_max=4),
+                        writer=writer)  # type: ignore[arg-type]
 
 
 def _drop_schema(dsn: str, schema: str) -> None:
@@ -132,12 +134,12 @@ def _drop_schema(dsn: str, schema: str) -> None:
 def _measure(backend: str, args: argparse.Namespace, n: int, max_batch: int) -> dict[str, Any]:
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="ledger-bench-") as where:
-            return trio.run(run_one, _config(backend, where, max_batch, args.pg_dsn), n,  # type: ignore[no-any-return]
-                            args.tasks, 10_000_000)
+            cfg = _config(backend, where, max_batch, args.pg_dsn, args.writer)
+            return trio.run(run_one, cfg, n, args.tasks, 10_000_000)  # type: ignore[no-any-return]
     schema = f"ledger_bench_{uuid.uuid4().hex[:10]}"
     try:
-        return trio.run(run_one, _config(backend, schema, max_batch, args.pg_dsn), n,  # type: ignore[no-any-return]
-                        args.tasks, 10_000_000)
+        cfg = _config(backend, schema, max_batch, args.pg_dsn, args.writer)
+        return trio.run(run_one, cfg, n, args.tasks, 10_000_000)  # type: ignore[no-any-return]
     finally:
         _drop_schema(args.pg_dsn, schema)
 
@@ -173,11 +175,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=4096,
                         help="most operations in one group commit")
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--writer", choices=("thread", "process"), default="thread",
+                        help="where batches are applied (LedgerConfig.writer)")
     parser.add_argument("--pg-dsn", default=DEFAULT_PG_DSN)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 
-    report: dict[str, Any] = {"n": args.n, "baseline_n": args.baseline_n, "tasks": args.tasks}
+    report: dict[str, Any] = {"n": args.n, "baseline_n": args.baseline_n, "tasks": args.tasks,
+                              "writer": args.writer}
     speedups = []
     for backend in args.backends.split(","):
         res = bench_backend(backend, args)

@@ -72,6 +72,10 @@ class Ledger(Base):
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/test"
     postgres_schema: str = "switchd"
     pool_size: int = 4
+    # "process": the ledger's writer runs in a child process, off the GIL of
+    # the process serving terminals; "thread": in a worker thread (see
+    # switchd/ledger/writer_process.py).
+    writer: Literal["thread", "process"] = "process"
 
 
 class Security(Base):

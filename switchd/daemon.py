@@ -60,6 +60,7 @@ def ledger_config(cfg: Config) -> LedgerConfig:
             schema=cfg.ledger.postgres_schema,
             pool_max=cfg.ledger.pool_size,
         ),
+        writer=cfg.ledger.writer,
     )
 
 

@@ -32,6 +32,10 @@ class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_batch: int = 4096
     #: How often the sweeper releases expired holds.
     expiry_interval_s: float = 1.0
+    #: Where batches are applied: "thread" (a worker thread of this process)
+    #: or "process" (a child process of its own, off this process's GIL; see
+    #: writer_process.py). Reads run in this process either way.
+    writer: Literal["thread", "process"] = "thread"
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

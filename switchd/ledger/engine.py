@@ -51,6 +51,7 @@ from .model import (
     TransferRecord,
 )
 from .queries import Dialect
+from .writer_process import ProcessWriter
 
 log = logging.getLogger("switchd.ledger")
 T = TypeVar("T")
@@ -84,9 +85,14 @@ def _no_abort(_: Any) -> trio.lowlevel.Abort:
 class Ledger:
     """Use through `open_ledger`; safe to share among any number of trio tasks."""
 
-    def __init__(self, backend: Backend, config: LedgerConfig) -> None:
+    def __init__(
+        self, backend: Backend, config: LedgerConfig, process: ProcessWriter | None = None
+    ) -> None:
         self.backend = backend
         self.config = config
+        # With writer = "process", batches are applied by a child process
+        # (writer_process.py); reads still use `backend` here.
+        self.process = process
         self._queue: deque[_Request] = deque()
         self._wakeup = trio.Event()
         self._closing = False
@@ -169,9 +175,12 @@ class Ledger:
         started = time.perf_counter()
         try:
             with trio.CancelScope(shield=True):
-                results = await trio.to_thread.run_sync(
-                    self.backend.apply, groups, now_us, limiter=self._write_limiter
-                )
+                if self.process is not None:
+                    results = await self.process.apply(groups, now_us)
+                else:
+                    results = await trio.to_thread.run_sync(
+                        self.backend.apply, groups, now_us, limiter=self._write_limiter
+                    )
         except Exception as exc:
             self.failed_commits += 1
             metrics.COMMITS_FAILED.inc()
@@ -282,13 +291,23 @@ async def open_ledger(
 ) -> AsyncIterator[Ledger]:
     """Open the database (running migrations), start the writer, yield the ledger.
 
-    On exit: no new submissions, queued ones are committed, the database closed.
+    With ``config.writer == "process"`` (and no `backend` given: a caller's
+    own backend object cannot be handed to another process), batches are
+    applied by a child process; see writer_process.py.
+
+    On exit: no new submissions, queued ones are committed, the writer process
+    (if any) ends, the database is closed.
     """
+    own = backend is None
     backend = backend if backend is not None else make_backend(config)
     await trio.to_thread.run_sync(backend.open)
+    process = None
     try:
+        if own and config.writer == "process":
+            process = ProcessWriter(config)
+            await process.start()
         async with trio.open_nursery() as nursery:
-            ledger = Ledger(backend, config)
+            ledger = Ledger(backend, config, process)
             nursery.start_soon(ledger._run_writer)
             nursery.start_soon(ledger._run_sweeper)
             try:
@@ -297,4 +316,6 @@ async def open_ledger(
                 ledger._begin_close()
     finally:
         with trio.CancelScope(shield=True):
+            if process is not None:
+                await process.aclose()
             await trio.to_thread.run_sync(backend.close)

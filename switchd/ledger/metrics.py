@@ -22,3 +22,7 @@ QUEUE_DEPTH = Gauge(
 COMMITS_FAILED = Counter(
     "switchd_ledger_commits_failed", "Batches whose commit failed (every operation in it failed)."
 )
+WRITER_RESTARTS = Counter(
+    "switchd_ledger_writer_process_restarts",
+    "Ledger writer child processes lost and started again (their batch was sent again).",
+)
