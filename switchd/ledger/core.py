@@ -460,16 +460,26 @@ class _Batch:
         results: list[Result] = []
         evaluated: list[tuple[bytes, bytes] | None] = []
         failed: int | None = None
+        held_back: int | None = None
         self.journal = []
         for i, op in enumerate(group.ops):
             result = self._apply_guarded(op)
             results.append(result)
             evaluated.append(self.candidate)
-            if not result.ok and not (result.duplicate and result.code is RC.LINKED_EVENT_FAILED):
-                # (A member recorded as failed only because of another one does
-                # not decide a repeated group: the member that did decides it.)
-                failed = i
-                break
+            if result.ok:
+                continue
+            if result.duplicate and result.code is RC.LINKED_EVENT_FAILED:
+                # A member recorded as failed only because of another one does
+                # not decide a repeated group: the member that did decides it.
+                # But it did not apply, so if no member decides, it fails the
+                # group (a group is never posted in part).
+                if held_back is None:
+                    held_back = i
+                continue
+            failed = i
+            break
+        if failed is None:
+            failed = held_back
         if failed is None:
             self.journal = []
             return results

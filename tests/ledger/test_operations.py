@@ -140,6 +140,30 @@ async def test_linked_group_all_or_nothing(config: LedgerConfig) -> None:
         assert await ledger.audit() == []
 
 
+async def test_a_member_failed_by_its_group_never_lets_another_group_post_in_part(
+    config: LedgerConfig,
+) -> None:
+    """Found by the stateful test: an id first answered LINKED_EVENT_FAILED, put in a
+    new group with a new transfer, made that group commit without it (in part)."""
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+        hold = Transfer(70, c.card, c.merchant, 1, "preauth", pending=True)
+        first = await ledger.submit_linked([hold, Transfer(70, c.card, c.card2, 1, "sale")])
+        assert [r.code for r in first] == [RC.LINKED_EVENT_FAILED, RC.ID_EXISTS_DIFFERENT]
+        sale = Transfer(71, c.card, c.merchant, 1, "sale")
+        second = await ledger.submit_linked([sale, hold])
+        assert not any(r.ok for r in second)
+        assert [r.code for r in second] == [RC.LINKED_EVENT_FAILED, RC.LINKED_EVENT_FAILED]
+        assert second[1].duplicate  # the hold's first answer, again
+        assert await ledger.transfer(71) is None  # nothing of the group posted
+        assert (await ledger.account(c.card)).balance == 1_000  # type: ignore[union-attr]
+        # Repeated, the group gets the same answer, and the sale alone still posts.
+        assert [r.code for r in await ledger.submit_linked([sale, hold])] == \
+            [RC.LINKED_EVENT_FAILED, RC.LINKED_EVENT_FAILED]
+        assert (await ledger.execute(Transfer(72, c.card, c.merchant, 1, "sale"))).ok
+        assert await ledger.audit() == []
+
+
 async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger, funds=100_000)
