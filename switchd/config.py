@@ -72,9 +72,9 @@ class Ledger(Base):
     postgres_dsn: str = "postgresql://postgres@127.0.0.1:5432/test"
     postgres_schema: str = "switchd"
     pool_size: int = 4
-    # "process": the ledger's writer runs in a child process, off the GIL of
-    # the process serving terminals; "thread": in a worker thread (see
-    # switchd/ledger/writer_process.py).
+    # "process": the writers of the ledger and of the journal run in child
+    # processes, off the GIL of the process serving terminals; "thread": in
+    # worker threads (switchd/ledger/writer_process.py, switchd/journal_writer.py).
     writer: Literal["thread", "process"] = "process"
 
 

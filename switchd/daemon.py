@@ -38,6 +38,7 @@ from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
 from switchd.journal import Journal
+from switchd.journal_writer import DatabaseSpec, JournalWriter
 from switchd.jsonlog import TXN_LOG
 from switchd.ledger import LedgerConfig, PostgresConfig, SqliteConfig, open_ledger
 from switchd.listener import Listeners
@@ -70,6 +71,14 @@ def open_database(cfg: Config) -> Database:
             cfg.ledger.postgres_dsn, cfg.ledger.postgres_schema + "_switch", cfg.ledger.pool_size
         )
     return SqliteDatabase(Path(cfg.data_dir) / "switch.sqlite")
+
+
+def database_spec(cfg: Config) -> DatabaseSpec:
+    """What a child process needs to open the database `open_database` opens."""
+    if cfg.ledger.backend == "postgres":
+        return DatabaseSpec("postgres", postgres_dsn=cfg.ledger.postgres_dsn,
+                            postgres_schema=cfg.ledger.postgres_schema + "_switch")  # fmt: skip
+    return DatabaseSpec("sqlite", sqlite_path=str(Path(cfg.data_dir) / "switch.sqlite"))
 
 
 class Switch:
@@ -201,7 +210,21 @@ class Switch:
         # 2,533 / 2,781 / 2,862 sales/s with (700, 10, 10); 2,985 / 2,938 /
         # 3,333 with these.
         gc.set_threshold(*GC_THRESHOLDS)
-        journal = Journal(db)
+        writer = None
+        if cfg.ledger.writer == "process":
+            writer = JournalWriter(database_spec(cfg))
+            await writer.start()
+        try:
+            await self._serve_terminals(cfg, db, st, Journal(db, writer), ledger, hsm, kek,
+                                        kek_zmk_lmk, pan_key, task_status)  # fmt: skip
+        finally:
+            if writer is not None:
+                with trio.CancelScope(shield=True):
+                    await writer.aclose()
+        log.info("switch stopped cleanly")
+
+    async def _serve_terminals(self, cfg, db, st, journal, ledger, hsm, kek, kek_zmk_lmk,  # type: ignore[no-untyped-def]
+                               pan_key, task_status) -> None:  # fmt: skip
         self.services = Services(
             cfg=cfg, store=st, journal=journal, ledger=ledger, hsm=hsm, kek=kek,
             kek_zmk_lmk=kek_zmk_lmk, pan_key=pan_key,
@@ -234,7 +257,6 @@ class Switch:
             with trio.move_on_after(30):
                 await journal.flush()
             background.cancel_scope.cancel()
-        log.info("switch stopped cleanly")
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

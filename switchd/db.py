@@ -60,6 +60,13 @@ class Database:
         a database that needs nothing of the kind just waits."""
         await trio.sleep_forever()
 
+    def run_blocking(self, fn: Callable[[Cursor], T]) -> T:
+        """``fn`` in one transaction, in the calling thread (which it blocks)."""
+        raise NotImplementedError
+
+    def close_blocking(self) -> None:
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         raise NotImplementedError
 
@@ -118,7 +125,8 @@ class SqliteDatabase(Database):
         self._wake: trio.Event | None = None  # set while run_batcher runs
         self.batches = 0
 
-    def _run_sync(self, fn: Callable[[Cursor], T]) -> T:
+    def run_blocking(self, fn: Callable[[Cursor], T]) -> T:
+        """``fn`` in one transaction, in the calling thread (which it blocks)."""
         with self._lock:
             cur = self.conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -154,7 +162,7 @@ class SqliteDatabase(Database):
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
         if self._wake is None:
-            return await trio.to_thread.run_sync(self._run_sync, fn, limiter=self._limiter)
+            return await trio.to_thread.run_sync(self.run_blocking, fn, limiter=self._limiter)
         call = _Call(fn, trio.lowlevel.current_task())
         self._calls.append(call)
         self._wake.set()
@@ -182,9 +190,12 @@ class SqliteDatabase(Database):
             for call in calls:
                 trio.lowlevel.reschedule(call.task)  # each one's result: DatabaseClosed
 
-    async def aclose(self) -> None:
+    def close_blocking(self) -> None:
         with self._lock:
             self.conn.close()
+
+    async def aclose(self) -> None:
+        self.close_blocking()
 
 
 class _PgCursor:
@@ -223,12 +234,16 @@ class PostgresDatabase(Database):
         )
         self._limiter = trio.CapacityLimiter(pool_size)
 
-    def _run_sync(self, fn: Callable[[Cursor], T]) -> T:
+    def run_blocking(self, fn: Callable[[Cursor], T]) -> T:
+        """``fn`` in one transaction, in the calling thread (which it blocks)."""
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
             return fn(_PgCursor(cur))
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
-        return await trio.to_thread.run_sync(self._run_sync, fn, limiter=self._limiter)
+        return await trio.to_thread.run_sync(self.run_blocking, fn, limiter=self._limiter)
+
+    def close_blocking(self) -> None:
+        self.pool.close()
 
     async def aclose(self) -> None:
-        await trio.to_thread.run_sync(self.pool.close)
+        await trio.to_thread.run_sync(self.close_blocking)

@@ -15,7 +15,8 @@ Writes go through one writer task with group commit, like the ledger's:
 what keeps money right: the ledger is, with its idempotent transfer ids. A
 journal row lost in a crash only means a retried request is processed again
 and the ledger answers it as the duplicate it is, with the same RRN and
-outcome.
+outcome. The switch has a child process write the rows (journal_writer.py),
+so their inserts do not compete with the terminals for this process's GIL.
 
 Error handling: a failed write is logged and retried with backoff; rows stay
 queued, up to ``MAX_QUEUED``; past that the oldest queued rows are dropped
@@ -26,11 +27,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 import trio
 
 from switchd.db import Cursor, Database
+
+if TYPE_CHECKING:
+    from switchd.journal_writer import JournalWriter
 
 log = logging.getLogger("switchd.journal")
 
@@ -85,6 +90,14 @@ _COLUMNS = (
 )
 
 
+#: How the writer stores rows: a retried write (after a failure, or by a new
+#: writer process) inserts nothing twice.
+INSERT = (
+    f"INSERT INTO journal ({_COLUMNS}) VALUES ({','.join('?' * 16)})"
+    " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING"
+)
+
+
 def _row(e: Entry) -> tuple:
     return (
         e.tid, e.batch, e.stan, int(e.reversal), e.kind, e.mid, e.digest, e.rc, e.amount,
@@ -101,8 +114,11 @@ def _entry(r: tuple) -> Entry:
 
 
 class Journal:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writer: JournalWriter | None = None) -> None:
         self.db = db
+        # Rows are written by `writer` (a child process, journal_writer.py)
+        # when given, else through `db` in a worker thread of this process.
+        self.writer = writer
         # Per (terminal, batch): its answers by (stan, reversal). Settling a
         # batch drops its dict in one step, whatever its size.
         self.batches: dict[tuple[str, int], dict[tuple[int, bool], Entry]] = {}
@@ -247,14 +263,13 @@ class Journal:
             rows = [_row(e) for e in batch]
 
             def write(c: Cursor, rows: list[tuple] = rows) -> None:
-                c.executemany(
-                    f"INSERT INTO journal ({_COLUMNS}) VALUES ({','.join('?' * 16)})"
-                    " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING",
-                    rows,
-                )
+                c.executemany(INSERT, rows)
 
             try:
-                await self.db.run(write)
+                if self.writer is not None:
+                    await self.writer.write(rows)
+                else:
+                    await self.db.run(write)
                 self.written += len(rows)
                 self._written_seq = upto
                 attempt = 0

@@ -9,14 +9,10 @@ keeps only the encoding of each batch (JSON by msgspec, about a
 microsecond an operation).
 
 Plan: the engine hands each batch to ``ProcessWriter.apply``, which sends it
-over a socket pair to a child Python running ``child_main`` and waits,
-without a thread, for the child's reply. The child opens its own
+(JSON) to a child Python (``switchd.childproc``: socket pair, frames) and
+waits, without a thread, for the child's reply. The child opens its own
 backend from the same ``LedgerConfig`` and does exactly what the thread
 writer does: ``backend.apply`` (one transaction, durable before it answers).
-Frames both ways are a 4-byte big-endian length and a JSON body; the
-first frame to the child is its configuration (it may hold a DSN with a
-password, so it is never put on the command line), and the child answers
-``ready`` once its database is open.
 
 Error handling: a ``CommitFailed`` in the child reaches the batch's callers
 as the same ``CommitFailed``; any other exception as a ``WriterError``. If
@@ -25,24 +21,18 @@ committed: the writer starts a new child and sends the same batch once
 more, which is safe because operation ids are idempotent (an operation that
 did commit answers as its own duplicate, with the first result). If the
 batch kills that child too, its callers get ``CommitFailed`` and the next
-batch starts another child. The child ignores SIGINT/SIGTERM (a Ctrl-C on the
-terminal reaches the whole process group, and a commit must not be cut
-short): it leaves when its socket closes, that is when the switch closes
-the ledger or dies.
+batch starts another child. The child leaves when the ledger closes or the
+switch dies (its socket closes).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
-import socket
-import struct
-import subprocess
-import sys
 from collections.abc import Sequence
 
 import msgspec
-import trio
+
+from switchd import childproc
 
 from . import metrics
 from .config import LedgerConfig
@@ -50,14 +40,6 @@ from .core import Group
 from .model import CommitFailed, Result
 
 log = logging.getLogger("switchd.ledger")
-
-_LEN = struct.Struct(">I")
-_CHILD = (
-    "import sys; from switchd.ledger.writer_process import child_main;"
-    " sys.exit(child_main(int(sys.argv[1])))"
-)
-#: How long a new child may take to import, open its database and run migrations.
-START_TIMEOUT_S = 60.0
 
 
 class WriterError(Exception):
@@ -92,45 +74,23 @@ class ProcessWriter:
 
     def __init__(self, config: LedgerConfig) -> None:
         self.config = config
-        self._proc: trio.Process | None = None
-        self._stream: trio.SocketStream | None = None
-        self._buf = bytearray()
+        self.child = childproc.Child(__name__, "ledger writer process")
         self.restarts = 0
 
     async def start(self) -> None:
-        parent, child = socket.socketpair()
-        try:
-            self._proc = await trio.lowlevel.open_process(
-                [sys.executable, "-c", _CHILD, str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
-        self._buf.clear()
         start = _Start(self.config, logging.getLogger().getEffectiveLevel())
-        with trio.fail_after(START_TIMEOUT_S):
-            await self._send(_encode(start))
-            ready = await self._receive()
-        if ready != b"ready":
-            raise WriterError(f"ledger writer process did not start: {ready!r}")
+        await self.child.start(_encode(start))
 
     async def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
         payload = _encode(_Batch(now_us, list(groups)))
         for attempt in (1, 2):
             try:
-                if self._stream is None:
+                if not self.child.running:
                     await self.start()
-                await self._send(payload)
-                reply = _decode_reply(await self._receive())
+                reply = _decode_reply(await self.child.call(payload))
                 break
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError,
-                    EOFError, trio.TooSlowError, WriterError) as exc:  # fmt: skip
-                code = await self._reap()
+            except childproc.ChildLost as exc:
+                code = await self.child.reap()
                 self.restarts += 1
                 metrics.WRITER_RESTARTS.inc()
                 then = "sending it again to a new one" if attempt == 1 else "failing it"
@@ -148,114 +108,36 @@ class ProcessWriter:
         raise WriterError(f"ledger writer process: {reply.error}")
 
     async def aclose(self) -> None:
-        """Close the socket (the child commits nothing more and exits) and wait for it."""
-        if self._stream is not None:
-            await self._stream.aclose()
-            self._stream = None
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            with trio.move_on_after(10) as waited:
-                await proc.wait()
-            if waited.cancelled_caught:
-                proc.kill()
-                await proc.wait()
-
-    async def _reap(self) -> int | None:
-        """Forget a broken child: kill it if it still runs; its exit code."""
-        if self._stream is not None:
-            await self._stream.aclose()
-            self._stream = None
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.returncode is None:
-            proc.kill()
-        return await proc.wait()
-
-    async def _send(self, body: bytes) -> None:
-        assert self._stream is not None
-        await self._stream.send_all(_LEN.pack(len(body)) + body)
-
-    async def _receive(self) -> bytes:
-        assert self._stream is not None
-        buf = self._buf
-        while True:
-            if len(buf) >= 4:
-                (n,) = _LEN.unpack_from(buf)
-                if len(buf) >= 4 + n:
-                    body = bytes(buf[4 : 4 + n])
-                    del buf[: 4 + n]
-                    return body
-            data = await self._stream.receive_some(1 << 20)
-            if not data:
-                raise EOFError("the ledger writer process closed its socket")
-            buf += data
+        await self.child.aclose()
 
 
 # --- the child ---------------------------------------------------------------
 
 
-def _read_exact(sock: socket.socket, n: int) -> bytes | None:
-    chunks = []
-    while n:
-        data = sock.recv(min(n, 1 << 20))
-        if not data:
-            return None
-        chunks.append(data)
-        n -= len(data)
-    return b"".join(chunks)
+class _Writer(childproc.Handler):
+    def __init__(self, hello: bytes) -> None:
+        start = _decode_start(hello)
+        from switchd import jsonlog
 
+        jsonlog.setup(start.log_level)
+        from .engine import make_backend
 
-def _read_frame(sock: socket.socket) -> bytes | None:
-    head = _read_exact(sock, 4)
-    if head is None:
-        return None
-    return _read_exact(sock, _LEN.unpack(head)[0])
+        self.backend = make_backend(start.config)
+        self.backend.open()
 
+    def handle(self, body: bytes) -> bytes:
+        batch = _decode_batch(body)
+        try:
+            return _encode(_Reply(results=self.backend.apply(batch.groups, batch.now_us)))
+        except CommitFailed as exc:
+            return _encode(_Reply(commit_failed=str(exc)))
+        except Exception as exc:
+            log.exception("ledger writer process: unexpected error applying a batch")
+            return _encode(_Reply(error=repr(exc)))
 
-def _write_frame(sock: socket.socket, body: bytes) -> None:
-    sock.sendall(_LEN.pack(len(body)) + body)
+    def close(self) -> None:
+        self.backend.close()
 
 
 def child_main(fd: int) -> int:
-    # The parent decides when this process ends (by closing the socket).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    first = _read_frame(sock)
-    if first is None:
-        return 0
-    start = _decode_start(first)
-    from switchd import jsonlog
-
-    jsonlog.setup(start.log_level)
-    from .engine import make_backend
-
-    backend = make_backend(start.config)
-    try:
-        backend.open()
-    except Exception as exc:
-        log.exception("ledger writer process: cannot open the database")
-        _write_frame(sock, f"open failed: {exc!r}".encode())
-        return 1
-    try:
-        _write_frame(sock, b"ready")
-        while (frame := _read_frame(sock)) is not None:
-            batch = _decode_batch(frame)
-            try:
-                reply = _Reply(results=backend.apply(batch.groups, batch.now_us))
-            except CommitFailed as exc:
-                reply = _Reply(commit_failed=str(exc))
-            except Exception as exc:
-                log.exception("ledger writer process: unexpected error applying a batch")
-                reply = _Reply(error=repr(exc))
-            _write_frame(sock, _encode(reply))
-    except OSError as exc:
-        # The switch went away (killed) with a batch in flight: what committed
-        # stays committed, and the switch's next writer is told by the ids.
-        log.warning("ledger writer process: the switch is gone (%s); exiting", exc)
-    finally:
-        backend.close()
-    return 0
-
+    return childproc.serve(fd, "ledger writer process", _Writer)

@@ -117,9 +117,9 @@ async def test_killed_writer_process_loses_nothing(tmp_path: Path) -> None:
                 acked.append(op_id)
                 if len(acked) == 500 and not killed:
                     killed = True
-                    proc = ledger.process._proc  # type: ignore[union-attr]
-                    assert proc is not None
-                    os.kill(proc.pid, signal.SIGKILL)  # other batches are in flight
+                    pid = ledger.process.child.pid  # type: ignore[union-attr]
+                    assert pid is not None
+                    os.kill(pid, signal.SIGKILL)  # other batches are in flight
 
         async with trio.open_nursery() as nursery:
             for i in range(200):
@@ -155,7 +155,7 @@ async def test_writer_process_ends_with_the_ledger(tmp_path: Path) -> None:
     config = LedgerConfig(data_dir=str(tmp_path), writer="process", expiry_interval_s=3600)
     async with open_ledger(config) as ledger:
         assert ledger.process is not None
-        proc = ledger.process._proc
+        proc = ledger.process.child._proc
         assert proc is not None and proc.returncode is None
         await make_chart(ledger)
     assert proc.returncode == 0
