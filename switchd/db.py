@@ -71,6 +71,10 @@ class Database:
         raise NotImplementedError
 
 
+#: Concurrent reads of the SQLite database (each on its own connection).
+READERS = 4
+
+
 class DatabaseClosed(Exception):
     """The database closed before this call ran."""
 
@@ -121,6 +125,12 @@ class SqliteDatabase(Database):
         # to share between threads concurrently.
         self._lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(1)
+        # Reads on connections of their own (see fetchall), created on demand.
+        self._path = path
+        self._readers: list[sqlite3.Connection] = []
+        self._all_readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._read_limiter = trio.CapacityLimiter(READERS)
         self._calls: list[_Call] = []
         self._wake: trio.Event | None = None  # set while run_batcher runs
         self.batches = 0
@@ -190,7 +200,34 @@ class SqliteDatabase(Database):
             for call in calls:
                 trio.lowlevel.reschedule(call.task)  # each one's result: DatabaseClosed
 
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        # Not through the batcher: its transactions take the write lock first
+        # (BEGIN IMMEDIATE), so a read would queue behind every commit of the
+        # journal's writer process on the same file (busy waits of up to
+        # 100 ms each). A WAL reader needs no lock and sees the last commit.
+        return await trio.to_thread.run_sync(self._read, sql, params,
+                                             limiter=self._read_limiter)  # fmt: skip
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[Row]:
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        if conn is None:
+            conn = sqlite3.connect(self._path, check_same_thread=False, timeout=5.0,
+                                   isolation_level=None)  # fmt: skip
+            conn.execute("PRAGMA query_only=ON")
+            with self._readers_lock:
+                self._all_readers.append(conn)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            with self._readers_lock:
+                self._readers.append(conn)
+
     def close_blocking(self) -> None:
+        with self._readers_lock:
+            readers, self._all_readers, self._readers = self._all_readers, [], []
+        for conn in readers:
+            conn.close()
         with self._lock:
             self.conn.close()
 

@@ -196,3 +196,27 @@ async def test_batches_in_use_are_never_dropped(
         assert db.queries == 0
         nursery.cancel_scope.cancel()
     await db.aclose()
+
+
+async def test_reads_do_not_wait_for_another_process_holding_the_write_lock(
+    tmp_path: Path,
+) -> None:
+    """The journal's writer process commits to the same file all the time: a read
+    (a journal load, a session) must not queue behind its write lock."""
+    import sqlite3
+
+    db = await _migrated(tmp_path)
+    await _written(db, [_entry("T1", 1, 7)])
+    other = sqlite3.connect(tmp_path / "switch.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # held, as a writer in another process would
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(db.run_batcher)
+            with trio.fail_after(1):  # the busy timeout is 5 s
+                rows = await db.fetchall("SELECT stan FROM journal WHERE tid = ?", ("T1",))
+            nursery.cancel_scope.cancel()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await db.aclose()
+    assert rows == [(7,)]
