@@ -15,8 +15,9 @@ Writes go through one writer task with group commit, like the ledger's:
 what keeps money right: the ledger is, with its idempotent transfer ids. A
 journal row lost in a crash only means a retried request is processed again
 and the ledger answers it as the duplicate it is, with the same RRN and
-outcome. The switch has a child process write the rows (journal_writer.py),
-so their inserts do not compete with the terminals for this process's GIL.
+outcome. By default the switch has a child process write the rows
+(journal_writer.py), so their inserts do not compete with the terminals for
+this process's GIL.
 
 Error handling: a failed write is logged and retried with backoff; rows stay
 queued, up to ``MAX_QUEUED``; past that the oldest queued rows are dropped

@@ -4,8 +4,9 @@ Operations: `submit` (independent operations), `submit_linked` (all or
 nothing), `execute` (one operation), and read queries that bypass the writer.
 
 Plan: callers append a request to a queue and sleep. The writer task takes
-everything queued (up to `max_batch` groups), runs it in a worker thread as
-one database transaction (`backend.apply`), and when COMMIT has returned (the
+everything queued (up to `max_batch` groups), runs it in a worker thread (or,
+with `writer = "process"`, a child process: writer_process.py) as one
+database transaction (`backend.apply`), and when COMMIT has returned (the
 data is on disk), wakes each caller with its own results. While one batch
 commits, the next one accumulates, so the batch size adapts to the load by
 itself: one operation when idle, thousands under load, one fsync each time.
@@ -27,12 +28,14 @@ delivered, even if the ledger's nursery is being cancelled.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, tzinfo
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import outcome
@@ -56,6 +59,10 @@ from .writer_process import ProcessWriter
 log = logging.getLogger("switchd.ledger")
 T = TypeVar("T")
 
+#: Reader tasks, each running the reads queued since its last turn on one
+#: connection in a worker thread (PostgreSQL: up to this many at once).
+READERS = 4
+
 
 class Backend(Protocol):
     """A database behind the ledger; every method blocks and runs in a worker thread."""
@@ -66,6 +73,28 @@ class Backend(Protocol):
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]: ...
     def read(self, fn: Callable[[Any, Dialect], T]) -> T: ...
     def close(self) -> None: ...
+
+
+class _Read:
+    __slots__ = ("args", "fn", "result", "task")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                 task: trio.lowlevel.Task) -> None:  # fmt: skip
+        self.fn = fn
+        self.args = args
+        self.task = task
+        self.result: outcome.Outcome[Any] = outcome.Error(LedgerClosed("the ledger closed"))
+
+
+def _run_reads(calls: list[_Read], conn: Any, dialect: Dialect) -> None:
+    """In a worker thread: each queued read on one connection, each with its own outcome."""
+    for call in calls:
+        call.result = outcome.capture(call.fn, conn, dialect, *call.args)
+        if isinstance(call.result, outcome.Error):
+            # PostgreSQL: a failed statement aborts the transaction; the next
+            # read must not inherit that.
+            with contextlib.suppress(Exception):
+                conn.rollback()
 
 
 class _Request:
@@ -98,7 +127,10 @@ class Ledger:
         self._closing = False
         self._idle = trio.Event()
         self._write_limiter = trio.CapacityLimiter(1)
-        self._read_limiter = trio.CapacityLimiter(8)
+        self._read_limiter = trio.CapacityLimiter(READERS)
+        self._reads: list[_Read] = []
+        self._read_wake = trio.Event()
+        self._readers_closed = False
         self._sweeper_scope = trio.CancelScope()
         # Counters for metrics and the benchmark.
         self.commits = 0
@@ -229,10 +261,41 @@ class Ledger:
     # --- reading ----------------------------------------------------------
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        def run(conn: Any, dialect: Dialect) -> T:
-            return fn(conn, dialect, *args)
+        """Queue a read; the readers run all queued reads in one thread hop.
 
-        return await trio.to_thread.run_sync(self.backend.read, run, limiter=self._read_limiter)
+        One thread hop per read capped reads at the event loop's pace: each of
+        the 8 threads' results waits for a loop iteration to come back, and
+        under load an iteration takes tens of milliseconds. Measured, 1,000
+        terminals with the full mix: ~535 reads/s, every balance, void, refund
+        and reversal ~2 s in the queue while the query itself took 0.4 ms.
+        """
+        if self._readers_closed:
+            raise LedgerClosed("the ledger is closed")
+        call = _Read(fn, args, trio.lowlevel.current_task())
+        self._reads.append(call)
+        self._read_wake.set()
+        # A read may be running in a thread: its caller waits for it (a few ms).
+        await trio.lowlevel.wait_task_rescheduled(_no_abort)
+        return call.result.unwrap()  # type: ignore[no-any-return]
+
+    async def _run_reader(self) -> None:
+        try:
+            while True:
+                if not self._reads:
+                    self._read_wake = trio.Event()
+                    await self._read_wake.wait()
+                    continue
+                calls, self._reads = self._reads, []
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.backend.read, partial(_run_reads, calls),
+                                                  limiter=self._read_limiter)  # fmt: skip
+                for call in calls:
+                    trio.lowlevel.reschedule(call.task)
+        finally:
+            self._readers_closed = True
+            calls, self._reads = self._reads, []
+            for call in calls:
+                trio.lowlevel.reschedule(call.task)  # each one's result: LedgerClosed
 
     async def account(self, account_id: int) -> Account | None:
         """The account with its balances (integers, minor units), or None."""
@@ -310,10 +373,14 @@ async def open_ledger(
             ledger = Ledger(backend, config, process)
             nursery.start_soon(ledger._run_writer)
             nursery.start_soon(ledger._run_sweeper)
-            try:
-                yield ledger
-            finally:
-                ledger._begin_close()
+            async with trio.open_nursery() as readers:
+                for _ in range(READERS):
+                    readers.start_soon(ledger._run_reader)
+                try:
+                    yield ledger
+                finally:
+                    readers.cancel_scope.cancel()
+                    ledger._begin_close()
     finally:
         with trio.CancelScope(shield=True):
             if process is not None:

@@ -379,3 +379,31 @@ async def test_postgres_reversal_racing_its_original_across_writers(tmp_path: Pa
             assert await a.audit() == []
     finally:
         gen.close()
+
+
+async def test_concurrent_reads_share_thread_hops_and_keep_their_own_errors(
+    config: LedgerConfig,
+) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        got: dict[int, object] = {}
+        failures: list[BaseException] = []
+
+        def broken(conn: object, dialect: object) -> None:
+            raise ValueError("a broken query")
+
+        async def read(i: int) -> None:
+            if i % 100 == 0:
+                try:
+                    await ledger._read(broken)
+                except ValueError as exc:
+                    failures.append(exc)
+                return
+            account = await ledger.account(c.card if i % 2 else c.merchant)
+            got[i] = account.id if account is not None else None
+
+        async with trio.open_nursery() as nursery:
+            for i in range(2_000):
+                nursery.start_soon(read, i)
+        assert len(failures) == 20
+        assert got == {i: (c.card if i % 2 else c.merchant) for i in range(2_000) if i % 100}
