@@ -274,8 +274,17 @@ class Ledger:
         call = _Read(fn, args, trio.lowlevel.current_task())
         self._reads.append(call)
         self._read_wake.set()
-        # A read may be running in a thread: its caller waits for it (a few ms).
-        await trio.lowlevel.wait_task_rescheduled(_no_abort)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            # Still queued: drop it. Already taken by a reader: its result comes
+            # with that batch, and the cancellation takes effect then.
+            try:
+                self._reads.remove(call)
+            except ValueError:
+                return trio.lowlevel.Abort.FAILED
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
         return call.result.unwrap()  # type: ignore[no-any-return]
 
     async def _run_reader(self) -> None:

@@ -407,3 +407,14 @@ async def test_concurrent_reads_share_thread_hops_and_keep_their_own_errors(
                 nursery.start_soon(read, i)
         assert len(failures) == 20
         assert got == {i: (c.card if i % 2 else c.merchant) for i in range(2_000) if i % 100}
+
+
+async def test_a_read_cancelled_while_queued_leaves_the_queue(config: LedgerConfig) -> None:
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await ledger.account(c.card)  # queued, then cancelled before any reader ran
+        assert scope.cancelled_caught and not ledger._reads
+        account = await ledger.account(c.card)
+        assert account is not None and account.id == c.card
