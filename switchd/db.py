@@ -97,7 +97,8 @@ class SqliteDatabase(Database):
     """One SQLite connection; with ``run_batcher`` running, calls share transactions.
 
     SQLite has one writer per file, so every call goes through this single
-    connection. One call per transaction (and per thread hop) made bursts
+    connection (``fetchall``/``fetchone`` read on connections of their own).
+    One call per transaction (and per thread hop) made bursts
     single-file: 5,000 terminals signing on at once each saved a session,
     and the last waited seconds. While ``run_batcher`` runs, every call
     queued since the last batch runs in one transaction, one thread hop and
