@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -25,13 +27,23 @@ def _entry(stan: int) -> Entry:
     )  # fmt: skip
 
 
-async def _journal(tmp_path: Path) -> tuple[SqliteDatabase, Journal, JournalWriter]:
+@asynccontextmanager
+async def _running(tmp_path: Path) -> AsyncIterator[tuple[Journal, JournalWriter]]:
+    """A migrated switch database, a journal writing through a child, its writer task running."""
     path = tmp_path / "switch.sqlite"
     db = SqliteDatabase(path)
     await store.migrate(db)
     writer = JournalWriter(DatabaseSpec("sqlite", sqlite_path=str(path)))
-    await writer.start()
-    return db, Journal(db, writer), writer
+    try:
+        await writer.start()
+        journal = Journal(db, writer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(journal.run)
+            yield journal, writer
+            nursery.cancel_scope.cancel()
+    finally:
+        await writer.aclose()
+        await db.aclose()
 
 
 def _stored(path: Path) -> list[tuple]:
@@ -41,20 +53,13 @@ def _stored(path: Path) -> list[tuple]:
 
 
 async def test_rows_are_written_by_the_child(tmp_path: Path) -> None:
-    db, journal, writer = await _journal(tmp_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(journal.run)
-            for stan in range(1, 2_001):
-                journal.record(_entry(stan))
-                if stan % 500 == 0:
-                    await trio.sleep(0)  # let the writer take several groups
-            await journal.flush()
-            nursery.cancel_scope.cancel()
+    async with _running(tmp_path) as (journal, writer):
+        for stan in range(1, 2_001):
+            journal.record(_entry(stan))
+            if stan % 500 == 0:
+                await trio.sleep(0)  # let the writer take several groups
+        await journal.flush()
         assert writer.child.pid is not None and writer.child.pid != os.getpid()
-    finally:
-        await writer.aclose()
-        await db.aclose()
     rows = _stored(tmp_path / "switch.sqlite")
     assert [r[0] for r in rows] == list(range(1, 2_001))
     e = _entry(1234)
@@ -70,35 +75,26 @@ async def test_rows_are_written_by_the_child(tmp_path: Path) -> None:
 
 
 async def test_a_killed_child_is_replaced_and_nothing_is_lost(tmp_path: Path) -> None:
-    db, journal, writer = await _journal(tmp_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(journal.run)
-            for stan in range(1, 501):
-                journal.record(_entry(stan))
-            await journal.flush()
-            first = writer.child.pid
-            assert first is not None
-            os.kill(first, signal.SIGKILL)
-            for stan in range(501, 1_001):
-                journal.record(_entry(stan))
-            with trio.fail_after(10):
-                await journal.flush()  # the write to the dead child failed, was retried
-            nursery.cancel_scope.cancel()
+    async with _running(tmp_path) as (journal, writer):
+        for stan in range(1, 501):
+            journal.record(_entry(stan))
+        await journal.flush()
+        first = writer.child.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        for stan in range(501, 1_001):
+            journal.record(_entry(stan))
+        with trio.fail_after(10):
+            await journal.flush()  # the write to the dead child failed, was retried
         assert writer.child.pid not in (None, first)
-    finally:
-        await writer.aclose()
-        await db.aclose()
     assert [r[0] for r in _stored(tmp_path / "switch.sqlite")] == list(range(1, 1_001))
 
 
 async def test_a_failing_insert_is_retried_until_it_succeeds(tmp_path: Path) -> None:
-    db, journal, writer = await _journal(tmp_path)
     path = tmp_path / "switch.sqlite"
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(journal.run)
+    async with _running(tmp_path) as (journal, _writer):
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
             journal.record(_entry(1))
             await journal.flush()
             # The table disappears under the child: its inserts fail, the rows stay queued.
@@ -110,9 +106,6 @@ async def test_a_failing_insert_is_retried_until_it_succeeds(tmp_path: Path) -> 
             other.execute("ALTER TABLE journal_away RENAME TO journal")
             with trio.fail_after(10):
                 await journal.flush()
-            nursery.cancel_scope.cancel()
-    finally:
-        other.close()
-        await writer.aclose()
-        await db.aclose()
+        finally:
+            other.close()
     assert [r[0] for r in _stored(path)] == list(range(1, 101))
