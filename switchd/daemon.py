@@ -210,11 +210,10 @@ class Switch:
         # 2,533 / 2,781 / 2,862 sales/s with (700, 10, 10); 2,985 / 2,938 /
         # 3,333 with these.
         gc.set_threshold(*GC_THRESHOLDS)
-        writer = None
-        if cfg.ledger.writer == "process":
-            writer = JournalWriter(database_spec(cfg))
-            await writer.start()
+        writer = JournalWriter(database_spec(cfg)) if cfg.ledger.writer == "process" else None
         try:
+            if writer is not None:
+                await writer.start()  # inside the try: a child that fails to start is reaped
             await self._serve_terminals(cfg, db, st, Journal(db, writer), ledger, hsm, kek,
                                         kek_zmk_lmk, pan_key, task_status)  # fmt: skip
         finally:
