@@ -162,7 +162,6 @@ class Ledger:
             raise LedgerClosed("the ledger is closing; nothing was applied")
         self._queue.append(_Request(groups, trio.lowlevel.current_task()))
         self._queued_groups += len(groups)
-        metrics.QUEUE_DEPTH.set(self._queued_groups)
         self._wakeup.set()
         return await trio.lowlevel.wait_task_rescheduled(_no_abort)  # type: ignore[no-any-return]
 
@@ -175,6 +174,7 @@ class Ledger:
                 if not self._queue:
                     if self._closing:
                         return
+                    metrics.QUEUE_DEPTH.set(0)
                     self._wakeup = trio.Event()
                     await self._wakeup.wait()
                     continue
@@ -195,6 +195,10 @@ class Ledger:
                 )
 
     async def _commit_next(self) -> None:
+        # The gauge is set here, once a batch, not on every submission: a lock
+        # and a write per operation (0.55 us, about 5 % of the engine's own
+        # cost per operation) for a figure scraped every few seconds.
+        metrics.QUEUE_DEPTH.set(self._queued_groups)
         taken: list[_Request] = []
         groups: list[Group] = []
         while self._queue and len(groups) < self.config.max_batch:
@@ -202,7 +206,6 @@ class Ledger:
             taken.append(req)
             groups.extend(req.groups)
         self._queued_groups -= len(groups)
-        metrics.QUEUE_DEPTH.set(self._queued_groups)
         now_us = time.time_ns() // 1000
         started = time.perf_counter()
         try:

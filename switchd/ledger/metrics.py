@@ -16,7 +16,7 @@ COMMIT_SECONDS = Histogram(
 )
 QUEUE_DEPTH = Gauge(
     "switchd_ledger_queue_depth",
-    "Operation groups waiting for the writer.",
+    "Operation groups waiting for the writer when it last took a batch.",
     multiprocess_mode="livesum",
 )
 COMMITS_FAILED = Counter(
