@@ -7,6 +7,7 @@ asyncio/uvloop generator and the trio switch each have their own process.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def test_short_fleet_has_no_errors(switch: procs.Proc) -> None:
     for kind in ("sale", "balance", "void", "refund", "preauth", "completion", "reversal"):
         assert codes.get(f"{kind}:00", 0) > 0, kind
     assert s["approved_sales"] > 0 and not tally.uncertain
+    # The fleet pauses the generator's collector for its run, and only for it.
+    assert gc.isenabled() and gc.get_freeze_count() == 0
 
 
 def test_fleet_at_a_rate(switch: procs.Proc) -> None:
