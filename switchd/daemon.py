@@ -13,7 +13,6 @@ parameters, and the reference data, without dropping a connection.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import resource
@@ -33,7 +32,7 @@ from hsm.pool import Address
 from hsm.server import HsmServer, serve_hsm
 from hsm.testing import key_under_lmk
 from switchd import config as config_mod
-from switchd import demo, store
+from switchd import demo, gcpolicy, store
 from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
@@ -46,9 +45,6 @@ from switchd.processor import Processor
 from switchd.services import Services
 
 log = logging.getLogger("switchd")
-
-#: The collector's generation thresholds while serving (see Switch._serve).
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def ledger_config(cfg: Config) -> LedgerConfig:
@@ -198,18 +194,9 @@ class Switch:
         if self.prepare_only:
             return
         await st.load()
-        # Everything made so far (modules, reference data) lives as long as the
-        # process: move it out of the collector's sight so full collections
-        # under load do not rescan it (they showed as second-long latency tails).
-        gc.collect()
-        gc.freeze()
-        # Young-generation collections every 50,000 allocations instead of 700:
-        # a sale allocates a few hundred objects, almost none of them in cycles,
-        # and with thousands of connection tasks alive every collection walks
-        # them. bench.load, 1,000 terminals, three runs each, same machine:
-        # 2,533 / 2,781 / 2,862 sales/s with (700, 10, 10); 2,985 / 2,938 /
-        # 3,333 with these.
-        gc.set_threshold(*GC_THRESHOLDS)
+        # What is alive now lives as long as the process: out of the
+        # collector's sight from here on (see gcpolicy.py).
+        gcpolicy.freeze_startup()
         writer = JournalWriter(database_spec(cfg)) if cfg.ledger.writer == "process" else None
         try:
             if writer is not None:
@@ -239,6 +226,7 @@ class Switch:
             background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)
+            background.start_soon(gcpolicy.run_schedule)
             # With --workers, worker 0 serves the API: /metrics aggregates all.
             if cfg.admin.enabled and os.environ.get("SWITCHD_WORKER", "0") == "0":
                 # In the background nursery: the API outlives the terminals'
