@@ -20,6 +20,7 @@ import trio
 from fastpath.kinds import Kind
 from switchd import codes
 from switchd.context import Txn, mask_pan
+from switchd.journal import JournalUnavailable
 from switchd.ledger import (
     LedgerError,
     Op,
@@ -154,7 +155,15 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
     if same_batch and batch != txn.batch:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
-    entry = await p.s.journal.lookup(txn.terminal.tid, batch, stan, False)
+    try:
+        entry = await p.s.journal.lookup(txn.terminal.tid, batch, stan, False)
+    except JournalUnavailable as exc:
+        # Without the original's record nothing can be undone safely: 96, and
+        # the terminal may try again once the journal can be read.
+        log.error("original %d/%06d of terminal %s not looked up: %s",
+                  batch, stan, txn.terminal.tid, exc)  # fmt: skip
+        txn.decline(codes.SYSTEM_MALFUNCTION)
+        return None
     names = {k.name.lower() for k in kinds}
     if entry is None or entry.rc != codes.APPROVED or entry.kind not in names:
         txn.decline(codes.ORIGINAL_NOT_FOUND)

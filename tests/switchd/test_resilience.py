@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
+import pytest
 import trio
 
 from fastpath import requests as rq
@@ -32,6 +34,38 @@ async def test_undecodable_frame_gets_30_and_the_connection_lives(switch: Switch
     assert r.msg.mti == "0210" and r.rc == "30"
     assert (await c.call(good)).rc == "00"
 
+
+async def test_a_refund_whose_original_cannot_be_read_gets_96(
+    switch: Switch, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = await connect(switch, "10000007")
+    await c.sign_on()
+    t = c.term
+    card = rq.Card(demo_pan(31), "3012")
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.sale(t.ident, card, stan, 20_00, "123456", t.pik)))
+    assert r.rc == "00"
+    orig = t.remember("sale", r, stan)
+    # Settled: batch 1 leaves memory, and a refund of its sale must read it back.
+    totals = rq.settlement_totals(20_00, 1, 0, 0)
+    assert (await c.call(t.frame(*rq.settlement(t.ident, t.next_stan(), totals)))).rc == "00"
+    assert (await c.sign_on()).msg.batch == "000002"
+    r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 1_00, "123456", t.pik)))
+    assert r.rc == "00"  # batch 2 is in memory; only batch 1 must be read
+    assert switch.services is not None
+    journal = switch.services.journal
+
+    async def unreadable(keys: object) -> list[tuple[object, ...]]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(journal, "_fetch", unreadable)
+    r = await c.call(t.frame(*rq.refund(t.ident, card, t.next_stan(), 5_00, orig)))
+    assert r.rc == "96" and r.mac_ok
+    assert not [rec for rec in caplog.records if rec.exc_info]  # a clear line, no traceback
+    assert any("not looked up" in rec.getMessage() for rec in caplog.records)
+    monkeypatch.undo()
+    r = await c.call(t.frame(*rq.refund(t.ident, card, t.next_stan(), 5_00, orig)))
+    assert r.rc == "00" and r.mac_ok  # readable again: the refund goes through
 
 async def test_absurd_length_closes_only_that_connection(switch: Switch) -> None:
     victim = await connect(switch, "10000003")
