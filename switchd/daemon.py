@@ -32,7 +32,7 @@ from hsm.pool import Address
 from hsm.server import HsmServer, serve_hsm
 from hsm.testing import key_under_lmk
 from switchd import config as config_mod
-from switchd import demo, gcpolicy, store
+from switchd import demo, gcpolicy, looplag, store
 from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
@@ -227,6 +227,7 @@ class Switch:
             background.start_soon(st.watch)
             background.start_soon(self._signals)
             background.start_soon(gcpolicy.run_schedule)
+            background.start_soon(looplag.watch)
             # With --workers, worker 0 serves the API: /metrics aggregates all.
             if cfg.admin.enabled and os.environ.get("SWITCHD_WORKER", "0") == "0":
                 # In the background nursery: the API outlives the terminals'

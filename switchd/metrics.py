@@ -33,3 +33,9 @@ TRANSACTION_SECONDS = Histogram(
 IN_FLIGHT = Gauge(
     "switchd_transactions_in_flight", "Requests being processed now.", multiprocess_mode="livesum"
 )
+EVENT_LOOP_LAG = Histogram(
+    "switchd_event_loop_lag_seconds",
+    "How late the event loop woke a task asleep for 0.1 s: time it was busy or stalled "
+    "(CPU saturation, a garbage collection, a blocking call) while every terminal waited.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)

@@ -68,6 +68,7 @@ async def test_metrics_move_with_traffic(env: Env) -> None:
         "switchd_ledger_queue_depth",
         "process_cpu_seconds_total",
         "switchd_mac_failures_total",
+        "switchd_event_loop_lag_seconds_count",
     ):
         assert any(n == present for n, _ in after), present
 
