@@ -21,6 +21,8 @@ from typing import Any, Protocol, TypeVar
 import outcome
 import trio
 
+from switchd.thread_batches import ThreadBatches
+
 T = TypeVar("T")
 Row = tuple[Any, ...]
 
@@ -132,9 +134,7 @@ class SqliteDatabase(Database):
         self._all_readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._read_limiter = trio.CapacityLimiter(READERS)
-        self._calls: list[_Call] = []
-        self._wake: trio.Event | None = None  # set while run_batcher runs
-        self.batches = 0
+        self._batches: ThreadBatches[_Call] = ThreadBatches()
 
     def run_blocking(self, fn: Callable[[Cursor], T]) -> T:
         """``fn`` in one transaction, in the calling thread (which it blocks)."""
@@ -172,34 +172,21 @@ class SqliteDatabase(Database):
                     self.conn.rollback()
 
     async def run(self, fn: Callable[[Cursor], T]) -> T:
-        if self._wake is None:
+        if not self._batches.serving:
             return await trio.to_thread.run_sync(self.run_blocking, fn, limiter=self._limiter)
         call = _Call(fn, trio.lowlevel.current_task())
-        self._calls.append(call)
-        self._wake.set()
+        self._batches.put(call)
         await trio.lowlevel.wait_task_rescheduled(_no_abort)
         return call.result.unwrap()  # type: ignore[no-any-return]
 
     async def run_batcher(self) -> None:
         """Run the queued calls in shared transactions until cancelled."""
-        self._wake = trio.Event()
-        try:
-            while True:
-                if not self._calls:
-                    self._wake = trio.Event()
-                    await self._wake.wait()
-                    continue
-                calls, self._calls = self._calls, []
-                with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self._run_batch, calls, limiter=self._limiter)
-                self.batches += 1
-                for call in calls:
-                    trio.lowlevel.reschedule(call.task)
-        finally:
-            self._wake = None
-            calls, self._calls = self._calls, []
-            for call in calls:
-                trio.lowlevel.reschedule(call.task)  # each one's result: DatabaseClosed
+        await self._batches.serve(self._run_batch, self._limiter)
+
+    @property
+    def batches(self) -> int:
+        """Shared transactions run so far."""
+        return self._batches.batches
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         # Not through the batcher: its transactions take the write lock first

@@ -415,6 +415,6 @@ async def test_a_read_cancelled_while_queued_leaves_the_queue(config: LedgerConf
         with trio.CancelScope() as scope:
             scope.cancel()
             await ledger.account(c.card)  # queued, then cancelled before any reader ran
-        assert scope.cancelled_caught and not ledger._reads
+        assert scope.cancelled_caught and not ledger._reads.queue
         account = await ledger.account(c.card)
         assert account is not None and account.id == c.card
