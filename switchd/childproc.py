@@ -45,7 +45,12 @@ class ChildLost(Exception):
 
 
 class Child:
-    """The parent's end of one child; one request at a time."""
+    """The parent's end of one child.
+
+    ``call`` is one request and its reply. A caller that pipelines uses
+    ``send`` and ``receive`` itself: the child answers in request order, and
+    the caller must make sure only one task receives at a time.
+    """
 
     def __init__(self, module: str, name: str) -> None:
         # `module` must define `child_main(fd: int) -> int` (see `serve`).
@@ -90,16 +95,28 @@ class Child:
 
     async def call(self, body: bytes) -> bytes:
         """Send one request frame; its reply frame."""
+        await self.send(body)
+        return await self.receive()
+
+    async def send(self, body: bytes) -> None:
+        """Send one request frame without waiting for its reply."""
         if self._stream is None:
             raise ChildLost(f"{self.name} is not running")
         try:
             await self._stream.send_all(_LEN.pack(len(body)) + body)
-            return await self._receive()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ChildLost(f"{self.name}: {exc}") from exc
 
-    async def _receive(self) -> bytes:
-        assert self._stream is not None
+    async def receive(self) -> bytes:
+        """The next reply frame."""
+        if self._stream is None:
+            raise ChildLost(f"{self.name} is not running")
+        try:
+            return await self._receive(self._stream)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ChildLost(f"{self.name}: {exc}") from exc
+
+    async def _receive(self, stream: trio.SocketStream) -> bytes:
         buf = self._buf
         while True:
             if len(buf) >= 4:
@@ -108,7 +125,7 @@ class Child:
                     body = bytes(buf[4 : 4 + n])
                     del buf[: 4 + n]
                     return body
-            data = await self._stream.receive_some(1 << 20)
+            data = await stream.receive_some(1 << 20)
             if not data:
                 raise ChildLost(f"{self.name} closed its socket")
             buf += data

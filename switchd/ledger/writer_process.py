@@ -28,9 +28,11 @@ switch dies (its socket closes).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 import msgspec
+import trio
 
 from switchd import childproc
 
@@ -69,43 +71,102 @@ _decode_batch = msgspec.json.Decoder(_Batch).decode
 _decode_start = msgspec.json.Decoder(_Start).decode
 
 
+class _Flight:
+    """One batch sent to the child whose reply has not been read yet."""
+
+    __slots__ = ("attempts", "payload", "reply", "size", "turn")
+
+    def __init__(self, payload: bytes, size: int) -> None:
+        self.payload = payload
+        self.size = size
+        self.attempts = 1
+        self.turn = trio.Event()  # set when this flight is the oldest: its reply is next
+        self.reply: _Reply | BaseException | None = None
+
+
 class ProcessWriter:
-    """The parent's end; one batch at a time (the engine's single writer task)."""
+    """The parent's end. ``apply`` may be called by several tasks at once
+    (the engine runs ``PIPELINE_DEPTH`` writer tasks): batches are sent in
+    call order and the child applies them in that order, one transaction
+    each, so a batch can be on its way while the one before it commits.
+
+    The oldest flight reads the next reply (the child answers in order) and
+    then hands the turn to the next one. If the child is lost, the oldest
+    flight restarts it and sends every flight again, in order; only the
+    oldest is charged an attempt, since the child applies batches one after
+    the other and so was working on that one (or had committed it).
+    """
 
     def __init__(self, config: LedgerConfig) -> None:
         self.config = config
         self.child = childproc.Child(__name__, "ledger writer process")
         self.restarts = 0
+        self._flights: deque[_Flight] = deque()
+        # Held while sending and while a lost child is replaced: frames reach
+        # the child whole and in the order their flights were queued.
+        self._sending = trio.Lock()
 
     async def start(self) -> None:
         start = _Start(self.config, logging.getLogger().getEffectiveLevel())
         await self.child.start(_encode(start))
 
     async def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
-        payload = _encode(_Batch(now_us, list(groups)))
-        for attempt in (1, 2):
+        flight = _Flight(_encode(_Batch(now_us, list(groups))), len(groups))
+        async with self._sending:
+            self._flights.append(flight)
+            if len(self._flights) == 1:
+                flight.turn.set()
             try:
                 if not self.child.running:
                     await self.start()
-                reply = _decode_reply(await self.child.call(payload))
-                break
-            except childproc.ChildLost as exc:
-                code = await self.child.reap()
-                self.restarts += 1
-                metrics.WRITER_RESTARTS.inc()
-                then = "sending it again to a new one" if attempt == 1 else "failing it"
-                log.error("ledger writer process lost (%s, exit %s) on a batch of %d groups; %s",
-                          exc, code, len(groups), then)  # fmt: skip
-        else:
-            raise CommitFailed(
-                f"ledger writer process died twice on a batch of {len(groups)}; nothing of it"
-                " is acknowledged (resubmit: ids are idempotent)"
-            )
+                await self.child.send(flight.payload)
+            except (childproc.ChildLost, OSError):
+                pass  # the oldest flight's receive finds it lost and recovers
+        await flight.turn.wait()
+        try:
+            reply = await self._receive(flight)
+        finally:
+            self._flights.popleft()
+            if self._flights:
+                self._flights[0].turn.set()
+        if isinstance(reply, BaseException):
+            raise reply
         if reply.results is not None:
             return reply.results
         if reply.commit_failed is not None:
             raise CommitFailed(reply.commit_failed)
         raise WriterError(f"ledger writer process: {reply.error}")
+
+    async def _receive(self, flight: _Flight) -> _Reply | BaseException:
+        """The oldest flight's reply, replacing a lost child as often as it takes."""
+        while True:
+            try:
+                return _decode_reply(await self.child.receive())
+            except childproc.ChildLost as exc:
+                lost = exc
+            async with self._sending:
+                code = await self.child.reap()
+                self.restarts += 1
+                metrics.WRITER_RESTARTS.inc()
+                flight.attempts += 1
+                then = "failing it" if flight.attempts > 2 else "sending it again to a new one"
+                log.error("ledger writer process lost (%s, exit %s) on a batch of %d groups; %s",
+                          lost, code, flight.size, then)  # fmt: skip
+                resend = list(self._flights)
+                if flight.attempts > 2:
+                    resend.remove(flight)
+                try:
+                    if resend:
+                        await self.start()
+                        for f in resend:
+                            await self.child.send(f.payload)
+                except (childproc.ChildLost, OSError):
+                    pass  # the next receive sees it and tries again (a bounded number of times)
+                if flight.attempts > 2:
+                    return CommitFailed(
+                        f"ledger writer process died twice on a batch of {flight.size}; nothing"
+                        " of it is acknowledged (resubmit: ids are idempotent)"
+                    )
 
     async def aclose(self) -> None:
         await self.child.aclose()

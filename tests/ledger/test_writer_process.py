@@ -159,3 +159,45 @@ async def test_writer_process_ends_with_the_ledger(tmp_path: Path) -> None:
         assert proc is not None and proc.returncode is None
         await make_chart(ledger)
     assert proc.returncode == 0
+
+
+async def test_pipelined_batches_survive_a_kill_with_two_in_flight(tmp_path: Path) -> None:
+    """Two batches on their way to the child at once (the pipeline is real), and a
+    SIGKILL at that moment: both are sent again in order, each transfer posts once."""
+    config = LedgerConfig(data_dir=str(tmp_path), writer="process", expiry_interval_s=3600)
+    async with open_ledger(config) as ledger:
+        process = ledger.process
+        assert process is not None and ledger.writers == 2
+        c = await make_chart(ledger, funds=10**9)
+        most_in_flight = 0
+        kills = 0
+        send = process.child.send
+
+        async def watched_send(body: bytes) -> None:
+            nonlocal most_in_flight, kills
+            await send(body)
+            most_in_flight = max(most_in_flight, len(process._flights))
+            if len(process._flights) == 2 and kills == 0:
+                kills = 1
+                pid = process.child.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+
+        process.child.send = watched_send  # type: ignore[method-assign]
+        acked: list[int] = []
+
+        async def pay(i: int) -> None:
+            for k in range(10):
+                op_id = 2_000_000 + i * 100 + k
+                r = await ledger.execute(Transfer(op_id, c.card, c.merchant, 7, "sale"))
+                assert r.ok, r
+                acked.append(op_id)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(pay, i)
+        assert most_in_flight == 2 and kills == 1 and process.restarts >= 1
+        assert len(acked) == len(set(acked)) == 3_000
+        merchant = await ledger.account(c.merchant)
+        assert merchant is not None and merchant.balance == 7 * 3_000
+        assert await ledger.audit() == []
