@@ -88,10 +88,16 @@ class Child:
         try:
             with trio.fail_after(START_TIMEOUT_S):
                 ready = await self.call(hello)
-        except trio.TooSlowError:
-            raise ChildLost(f"{self.name} did not start in {START_TIMEOUT_S:.0f} s") from None
-        if ready != READY:
-            raise ChildLost(f"{self.name} did not start: {ready.decode(errors='replace')}")
+            if ready != READY:
+                raise ChildLost(f"{self.name} did not start: {ready.decode(errors='replace')}")
+        except BaseException as exc:
+            # No half-started child is left behind: one that answered late
+            # would have its READY taken for the reply to the next request.
+            with trio.CancelScope(shield=True):
+                await self.reap()
+            if isinstance(exc, trio.TooSlowError):
+                raise ChildLost(f"{self.name} did not start in {START_TIMEOUT_S:.0f} s") from None
+            raise
 
     async def call(self, body: bytes) -> bytes:
         """Send one request frame; its reply frame."""
