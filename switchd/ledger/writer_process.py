@@ -74,14 +74,13 @@ _decode_start = msgspec.json.Decoder(_Start).decode
 class _Flight:
     """One batch sent to the child whose reply has not been read yet."""
 
-    __slots__ = ("attempts", "payload", "reply", "size", "turn")
+    __slots__ = ("attempts", "payload", "size", "turn")
 
     def __init__(self, payload: bytes, size: int) -> None:
         self.payload = payload
         self.size = size
         self.attempts = 1
         self.turn = trio.Event()  # set when this flight is the oldest: its reply is next
-        self.reply: _Reply | BaseException | None = None
 
 
 class ProcessWriter:
@@ -129,16 +128,15 @@ class ProcessWriter:
             self._flights.popleft()
             if self._flights:
                 self._flights[0].turn.set()
-        if isinstance(reply, BaseException):
-            raise reply
         if reply.results is not None:
             return reply.results
         if reply.commit_failed is not None:
             raise CommitFailed(reply.commit_failed)
         raise WriterError(f"ledger writer process: {reply.error}")
 
-    async def _receive(self, flight: _Flight) -> _Reply | BaseException:
-        """The oldest flight's reply, replacing a lost child as often as it takes."""
+    async def _receive(self, flight: _Flight) -> _Reply:
+        """The oldest flight's reply; a lost child is replaced and every flight
+        sent again, up to twice for this flight, then it fails (CommitFailed)."""
         while True:
             try:
                 return _decode_reply(await self.child.receive())
@@ -163,7 +161,7 @@ class ProcessWriter:
                 except (childproc.ChildLost, OSError):
                     pass  # the next receive sees it and tries again (a bounded number of times)
                 if flight.attempts > 2:
-                    return CommitFailed(
+                    raise CommitFailed(
                         f"ledger writer process died twice on a batch of {flight.size}; nothing"
                         " of it is acknowledged (resubmit: ids are idempotent)"
                     )
