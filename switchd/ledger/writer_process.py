@@ -135,8 +135,8 @@ class ProcessWriter:
         raise WriterError(f"ledger writer process: {reply.error}")
 
     async def _receive(self, flight: _Flight) -> _Reply:
-        """The oldest flight's reply; a lost child is replaced and every flight
-        sent again, up to twice for this flight, then it fails (CommitFailed)."""
+        """The oldest flight's reply. A lost child is replaced and every flight
+        sent again; a second loss on this flight fails it (CommitFailed)."""
         while True:
             try:
                 return _decode_reply(await self.child.receive())
