@@ -34,6 +34,7 @@ import msgspec
 import trio
 
 from switchd.db import Cursor, Database
+from switchd.thread_batches import WAKE_SLICE
 
 if TYPE_CHECKING:
     from switchd.journal_writer import JournalWriter
@@ -183,8 +184,11 @@ class Journal:
                 for key in keys:
                     self._touch(key, None)  # in use: safe from eviction for a while
             loading, self._loading = self._loading, {}
-            for done in loading.values():
+            for i, done in enumerate(loading.values(), 1):
                 done.set()
+                if i % WAKE_SLICE == 0:
+                    # A fleet's first touches come back together: a turn each slice.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _fetch(self, keys: list[tuple[str, int]]) -> list[tuple]:
         rows = ",".join(["(?, ?)"] * len(keys))
