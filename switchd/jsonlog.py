@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
+from switchd import logsink, metrics
 from switchd.context import mask_pan
 
 if TYPE_CHECKING:
@@ -40,8 +41,23 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
-def setup(level: int = logging.INFO, stream: object = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+class SinkHandler(logging.Handler):
+    """Hands each formatted line to the log sink (logsink.py): never blocks on the stream."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        logsink.sink().write(line.encode() + b"\n")
+
+
+def setup(level: int = logging.INFO, stream: BinaryIO | None = None) -> None:
+    """JSON lines on `stream` (default stderr), through the process's log sink."""
+    sink = logsink.install(stream or sys.stderr.buffer)
+    sink.on_drop = metrics.LOG_LINES_DROPPED.inc
+    handler = SinkHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -85,12 +101,7 @@ class TxnLog:
             return
         data = bytes(self.buf)
         self.buf.clear()
-        stream = _stream()
-        try:
-            stream.write(data)
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed or full log stream must not stop transactions
+        logsink.sink().write(data)  # a closed or stuck stream never stops transactions
 
     async def run(self) -> None:
         import trio
@@ -101,14 +112,6 @@ class TxnLog:
                 self.flush()
         finally:
             self.flush()
-
-
-def _stream():  # type: ignore[no-untyped-def]
-    for handler in logging.getLogger().handlers:
-        stream = getattr(handler, "stream", None)
-        if stream is not None:
-            return getattr(stream, "buffer", stream)
-    return sys.stderr.buffer
 
 
 TXN_LOG = TxnLog()

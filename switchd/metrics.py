@@ -33,6 +33,10 @@ TRANSACTION_SECONDS = Histogram(
 IN_FLIGHT = Gauge(
     "switchd_transactions_in_flight", "Requests being processed now.", multiprocess_mode="livesum"
 )
+LOG_LINES_DROPPED = Counter(
+    "switchd_log_lines_dropped",
+    "Log lines dropped because the log stream (stderr) was not taking writes.",
+)
 EVENT_LOOP_LAG = Histogram(
     "switchd_event_loop_lag_seconds",
     "How late the event loop woke a task asleep for 0.1 s: time it was busy or stalled "

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import trio
 
 from fastpath import requests as rq
@@ -37,10 +38,12 @@ def write_config(path: Path, max_amount: int = 500_000_00) -> Path:
     return path
 
 
-async def start(cfg: Path) -> tuple[trio.Process, tuple[str, int]]:
+async def start(
+    cfg: Path, stderr: int = subprocess.DEVNULL
+) -> tuple[trio.Process, tuple[str, int]]:
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "switchd.cli", "run", "--config", str(cfg)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=stderr,
     )  # fmt: skip
     assert proc.stdout is not None
     buf = b""
@@ -113,6 +116,38 @@ async def test_sighup_reloads_limits_without_dropping_connections(tmp_path: Path
     finally:
         proc.send_signal(signal.SIGTERM)
         with trio.fail_after(30):
+            assert await proc.wait() == 0
+
+
+async def test_a_log_reader_that_stops_reading_does_not_stop_the_switch(tmp_path: Path) -> None:
+    # The switch's stderr is a pipe that nobody reads (a stalled log shipper):
+    # its 64 KiB fill within a few hundred transaction lines.
+    proc, addr = await start(write_config(tmp_path / "switchd.toml"), stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        c = await connect_to(addr, "10000001", "898100012340001")
+        await c.sign_on()
+        t = c.term
+        card = rq.Card(demo_pan(4), "3012")
+        with trio.fail_after(60):
+            for _ in range(1_000):  # about 250 KB of transaction log
+                r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 1_00)))
+                assert r.rc == "00" and r.mac_ok
+        # The reader comes back: the lines were kept (well under the sink's
+        # bound), whole and in order.
+        log = b""
+        with trio.move_on_after(5):
+            while log.count(b'"kind":"sale"') < 1_000:
+                log += await proc.stderr.receive_some(65536)
+        sales = [orjson.loads(ln) for ln in log.splitlines() if b'"kind":"sale"' in ln]
+        assert len(sales) == 1_000
+        stans = [int(s["stan"]) for s in sales]
+        assert stans == sorted(stans) and len(set(stans)) == 1_000
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            while await proc.stderr.receive_some(65536):
+                pass  # drain, so that the last lines do not hold up the exit
             assert await proc.wait() == 0
 
 
