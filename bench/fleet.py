@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.sim import Response, Terminal
+from bench.sim import Response, Terminal, TerminalError
 from bench.stats import Stats
 from fastpath import requests as rq
 from fastpath.crypto import DesKey
@@ -486,7 +486,10 @@ class Worker:
                 full = max(self.debits[1], self.credits[1]) >= self.cfg.batch_full
                 if full and not self.cfg.ceiling:
                     await self.settle_full_batch()
-            except (Unanswered, OSError) as exc:
+            except (Unanswered, OSError, TerminalError) as exc:
+                # TerminalError: the sign-on after a full batch's settlement was
+                # refused (96 while the soak's HSM is cut); it left the worker
+                # dead, its terminal silent for the rest of the run.
                 self.failure(f"{kind}: {exc}")
                 if not await self.reconnect(stop_at):
                     break
