@@ -34,7 +34,7 @@ import msgspec
 import trio
 
 from switchd.db import Cursor, Database
-from switchd.thread_batches import WAKE_SLICE
+from switchd.thread_batches import in_slices
 
 if TYPE_CHECKING:
     from switchd.journal_writer import JournalWriter
@@ -184,11 +184,8 @@ class Journal:
                 for key in keys:
                     self._touch(key, None)  # in use: safe from eviction for a while
             loading, self._loading = self._loading, {}
-            for i, done in enumerate(loading.values(), 1):
-                done.set()
-                if i % WAKE_SLICE == 0:
-                    # A fleet's first touches come back together: a turn each slice.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+            # A fleet's first touches come back together: woken a slice per turn.
+            await in_slices(list(loading.values()), trio.Event.set)
 
     async def _fetch(self, keys: list[tuple[str, int]]) -> list[tuple]:
         rows = ",".join(["(?, ?)"] * len(keys))

@@ -17,7 +17,7 @@ between them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import trio
@@ -33,6 +33,7 @@ class Call(Protocol):
 
 
 C = TypeVar("C", bound=Call)
+T = TypeVar("T")
 
 
 class ThreadBatches(Generic[C]):
@@ -71,14 +72,22 @@ class ThreadBatches(Generic[C]):
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(run_batch, calls, limiter=limiter)
                 self.batches += 1
-                for i, call in enumerate(calls, 1):
-                    trio.lowlevel.reschedule(call.task)
-                    if i % WAKE_SLICE == 0 and i < len(calls):
-                        # Not cancellable: every caller of a batch that ran is woken.
-                        await trio.lowlevel.cancel_shielded_checkpoint()
+                await in_slices(calls, lambda call: trio.lowlevel.reschedule(call.task))
         finally:
             self.serving -= 1
             self.ended = True
             calls, self.queue = self.queue, []
             for call in calls:
                 trio.lowlevel.reschedule(call.task)
+
+
+async def in_slices(items: Sequence[T], wake: Callable[[T], object]) -> None:
+    """`wake` each item, with a loop turn after every ``WAKE_SLICE``.
+
+    The checkpoints are not cancellable: every item is woken, even when the
+    caller is being cancelled (what it wakes would otherwise sleep on).
+    """
+    for i, item in enumerate(items, 1):
+        wake(item)
+        if i % WAKE_SLICE == 0 and i < len(items):
+            await trio.lowlevel.cancel_shielded_checkpoint()
