@@ -100,6 +100,12 @@ class Limits(Base):
 
 class Transactions(Base):
     timeout_s: float = 5.0  # answer 96/98 when a transaction cannot finish in time
+    # Transactions in progress at once per switch process; more wait in order
+    # (switchd/admission.py). Size it above peak rate x transaction time.
+    max_in_flight: int = 512
+    # Longest a request waits for one of those slots before it is answered 96
+    # with nothing done; once admitted it has timeout_s of its own.
+    queue_timeout_s: float = 5.0
     completion_tolerance_pct: int = 15
     preauth_expiry_s: int = 30 * 86_400
     acquirer_id: str = "01020000"
@@ -187,6 +193,10 @@ def _check(cfg: Config) -> None:
         fail("terminals.max_inflight_frames", "must be at least 1")
     if not cfg.hsm.embedded and not cfg.hsm.addresses:
         fail("hsm.addresses", "an external HSM needs at least one address")
+    if cfg.transactions.max_in_flight < 1:
+        fail("transactions.max_in_flight", "must be at least 1")
+    if cfg.transactions.queue_timeout_s <= 0:
+        fail("transactions.queue_timeout_s", "must be above 0")
     if not 0 <= cfg.transactions.completion_tolerance_pct <= 100:
         fail("transactions.completion_tolerance_pct", "must be 0-100")
 

@@ -31,7 +31,19 @@ TRANSACTION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 IN_FLIGHT = Gauge(
-    "switchd_transactions_in_flight", "Requests being processed now.", multiprocess_mode="livesum"
+    "switchd_transactions_in_flight",
+    "Requests received and not yet answered (those waiting for a slot included).",
+    multiprocess_mode="livesum",
+)
+WAITING = Gauge(
+    "switchd_transactions_waiting",
+    "Requests waiting for one of the transaction slots ([transactions] max_in_flight).",
+    multiprocess_mode="livesum",
+)
+SHED = Counter(
+    "switchd_transactions_shed",
+    "Requests answered 96 without being processed: no transaction slot came within"
+    " [transactions] queue_timeout_s.",
 )
 LOG_LINES_DROPPED = Counter(
     "switchd_log_lines_dropped",

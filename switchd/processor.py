@@ -9,6 +9,10 @@ the ledger (``switchd.money``) or the HSM; none of them touches a socket.
 Errors: a frame that does not decode is answered ``30`` when its MTI can be
 read, a bug inside a participant is logged and answered ``96``; nothing
 escapes ``handle`` but the answer, so one bad request never harms another.
+
+Overload: at most ``max_in_flight`` transactions run their participants at
+once; the others wait their turn (``switchd.admission``), and one that waits
+past ``queue_timeout_s`` is answered 96 having done nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from fastpath.codec import build_response, decode, decode_frame, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
 from fastpath.kinds import FINANCIAL, Kind
-from switchd import codes, metrics
+from switchd import checks, codes, metrics
+from switchd.admission import Admission
 from switchd.context import Txn, derived_digits, mask_pan
 from switchd.journal import Entry
 from switchd.jsonlog import log_txn
@@ -43,6 +48,9 @@ MANAGEMENT_ECHO = (11, 41, 42, 60)
 SETTLEMENT_ECHO = (11, 41, 42, 49, 60, 63)
 #: Headers' processing-requirement nibble: sign on again.
 SIGN_ON_AGAIN = 3
+#: The leading participants an answer needs to be signed (terminal, session
+#: MAK): a request turned away for want of a slot still runs these.
+TO_SIGN = frozenset({checks.terminal, checks.mac})
 
 
 class Processor:
@@ -57,6 +65,7 @@ class Processor:
         self._timers: dict[Kind, Any] = {}
         # Session MAKs as DesKeys (key schedule built once), by their stored form.
         self.macs: dict[str, DesKey] = {}
+        self.admission = Admission(self.cfg.transactions.max_in_flight)
         from switchd import flows  # the participant lists, which import this module's helpers
 
         self.flows = flows.FLOWS
@@ -87,6 +96,19 @@ class Processor:
 
     async def _run(self, txn: Txn) -> None:
         participants = self.flows.get(txn.kind, ())
+        cfg = self.cfg.transactions
+        admission = self.admission
+        if admission.limit != cfg.max_in_flight:
+            admission.limit = cfg.max_in_flight  # changed by a reload (SIGHUP)
+        if not await admission.enter(cfg.queue_timeout_s):
+            await self._turn_away(txn, participants)
+            return
+        try:
+            await self._run_admitted(txn, participants)
+        finally:
+            admission.leave()
+
+    async def _run_admitted(self, txn: Txn, participants: tuple[Participant, ...]) -> None:
         # A CancelScope with an absolute deadline: move_on_after is a generator
         # context manager in trio, a few microseconds more on every request.
         timeout = self.cfg.transactions.timeout_s
@@ -107,6 +129,28 @@ class Processor:
             log.warning("transaction %s timed out before posting", txn.kind.name)
         if txn.rc is None and txn.replay is None:
             txn.rc = codes.APPROVED
+
+    async def _turn_away(self, txn: Txn, participants: tuple[Participant, ...]) -> None:
+        """No slot came in time: answer 96, signed, with nothing done.
+
+        Only the participants the answer's MAC needs run (who is asking, its
+        session key), neither the HSM nor the ledger. Nothing is
+        journaled (no duplicate key was claimed), so the terminal's retry
+        of the same STAN is processed afresh.
+        """
+        timeout = self.cfg.transactions.timeout_s
+        with trio.move_on_after(timeout):
+            try:
+                for participant in participants:
+                    if participant not in TO_SIGN:
+                        break
+                    await participant(self, txn)
+                    if txn.done:
+                        return
+            except Exception:
+                log.exception("transaction failed: %s", txn.kind.name)
+        if not txn.done:
+            txn.rc = codes.SYSTEM_MALFUNCTION
 
     # -- answers ------------------------------------------------------------
 

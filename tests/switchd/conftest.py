@@ -74,3 +74,40 @@ async def connect(sw: Switch, tid: str = "10000001", mid: str = "898100012340001
 async def connect_to(addr: tuple[str, int], tid: str, mid: str) -> Conn:
     stream = await trio.open_tcp_stream(*addr)
     return Conn(stream, Terminal(tid, mid))
+
+
+class Stall:
+    """A switch for ``hsm_relay`` that, unlike a trio.Event, can be turned off again."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def is_set(self) -> bool:
+        return self.on
+
+
+async def hsm_relay(
+    listen_port_box: list[int],
+    target: int,
+    stall: trio.Event | Stall,
+    *,
+    task_status=trio.TASK_STATUS_IGNORED,
+) -> None:  # type: ignore[no-untyped-def]
+    """A TCP relay to the HSM that swallows requests while `stall` is set."""
+
+    async def pipe(src: trio.SocketStream, dst: trio.SocketStream, gated: bool) -> None:
+        while data := await src.receive_some(65536):
+            if gated and stall.is_set():
+                continue  # swallow: the HSM 'stops answering'
+            await dst.send_all(data)
+
+    async def handle(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", target)
+        async with trio.open_nursery() as n:
+            n.start_soon(pipe, client, upstream, True)
+            n.start_soon(pipe, upstream, client, False)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listen_port_box.append(listeners[0].socket.getsockname()[1])
+    task_status.started()
+    await trio.serve_listeners(handle, listeners)

@@ -20,7 +20,7 @@ from switchd.daemon import Switch
 from switchd.demo import DEMO_TMK, demo_pan
 from switchd.ledger import card_account_id
 
-from .conftest import Conn, connect, small_config
+from .conftest import Conn, connect, hsm_relay, small_config
 
 CARD = rq.Card(demo_pan(30), "3012")
 
@@ -181,40 +181,13 @@ async def test_keys_survive_a_restart(tmp_path: Path) -> None:
         sw2.stop()
 
 
-async def _proxy(
-    listen_port_box: list[int],
-    target: int,
-    stall: trio.Event,
-    *,
-    task_status=trio.TASK_STATUS_IGNORED,
-) -> None:  # type: ignore[no-untyped-def]
-    """A TCP relay to the HSM that stops forwarding requests once `stall` is set."""
-
-    async def pipe(src: trio.SocketStream, dst: trio.SocketStream, gated: bool) -> None:
-        while data := await src.receive_some(65536):
-            if gated and stall.is_set():
-                continue  # swallow: the HSM 'stops answering'
-            await dst.send_all(data)
-
-    async def handle(client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", target)
-        async with trio.open_nursery() as n:
-            n.start_soon(pipe, client, upstream, True)
-            n.start_soon(pipe, upstream, client, False)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    listen_port_box.append(listeners[0].socket.getsockname()[1])
-    task_status.started()
-    await trio.serve_listeners(handle, listeners)
-
-
 async def test_a_silent_hsm_gives_96_and_posts_nothing(tmp_path: Path) -> None:
     lmk = load_lmk("test")
     stall = trio.Event()
     async with trio.open_nursery() as nursery:
         hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0)
         box: list[int] = []
-        await nursery.start(_proxy, box, hsm_port, stall)
+        await nursery.start(hsm_relay, box, hsm_port, stall)
         cfg = small_config(
             tmp_path,
             hsm=Hsm(embedded=False, addresses=[f"127.0.0.1:{box[0]}"], timeout_s=0.5),
