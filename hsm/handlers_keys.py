@@ -35,6 +35,13 @@ def _zmk_scheme(char: str, length: int) -> str:
     return char
 
 
+def _variant_zmk(zmk: bytes, scheme: str) -> None:
+    """The U/T forms put their variants on the ZMK's second half: a
+    single-length ZMK has none (27, not an internal error)."""
+    if scheme in ("U", "T") and len(zmk) < 16:
+        raise HsmError(errors.INCOMPATIBLE_KEY_LENGTH, "variant scheme under a single-length ZMK")
+
+
 def a0(ctx: HsmContext, r: Reader) -> bytes:
     mode = r.text(1)
     if mode not in ("0", "1"):
@@ -52,6 +59,7 @@ def a0(ctx: HsmContext, r: Reader) -> bytes:
     if mode == "1":
         zmk = ctx.key_under_lmk(export_type, r.key(), errors.SOURCE_KEY_PARITY)
         scheme = _zmk_scheme(r.text(1), length)
+        _variant_zmk(zmk, scheme)
     key = random_key(length, ctx.random_bytes)
     out = ctx.lmk.encrypt_key(kt, key)
     if mode == "1":
@@ -66,6 +74,7 @@ def a6(ctx: HsmContext, r: Reader) -> bytes:
     length = lmk_scheme(r.text(1))
     if key_length(under_zmk) != length:
         raise HsmError(errors.INVALID_KEY_SCHEME, "key length and LMK scheme differ")
+    _variant_zmk(zmk, under_zmk[0])
     key = decrypt_under_zmk(zmk, under_zmk)
     code = b"00"
     if not has_odd_parity(key):
@@ -80,6 +89,7 @@ def a8(ctx: HsmContext, r: Reader) -> bytes:
     zmk = ctx.key_under_lmk(ZMK, r.key(), errors.SOURCE_KEY_PARITY)
     key = ctx.key_under_lmk(kt, r.key(), errors.DEST_KEY_PARITY)
     scheme = _zmk_scheme(r.text(1), len(key))
+    _variant_zmk(zmk, scheme)
     return b"00" + (encrypt_under_zmk(zmk, key, scheme) + kcv(key)[:6]).encode()
 
 

@@ -234,3 +234,19 @@ async def test_pvk_parity_and_length_errors(raw_client: Connect, lmk: LmkSet) ->
     good = visa_pvv(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "123456789012", "1", "1234")
     request = b"0000DC" + tpk.encode() + (pvk_a + pvk_b).encode() + block + b"01123456789012"
     assert await c.ask(request + b"1" + good.encode()) == b"0000DD00"
+
+
+async def test_variant_forms_under_a_single_length_zmk_are_refused_27(
+    raw_client: Connect, lmk: LmkSet
+) -> None:
+    """U/T forms need the ZMK's second half for their variants: a single-length
+    ZMK gets 27 (incompatible key length) from A0, A6 and A8, not an internal error."""
+    zmk = key_under_lmk(lmk, "000", bytes.fromhex("0123456789ABCDEF"))  # 16H, no tag
+    zpk = key_under_lmk(lmk, "001", bytes.fromhex("5B012F0E75970D5DB96EE65249F1D949"))
+    c = await raw_client()
+    assert await c.ask(b"0000A01001U;0" + zmk.encode() + b"U") == b"0000A127"
+    assert await c.ask(b"0000A6001" + zmk.encode() + b"U" + b"0" * 32 + b"U") == b"0000A727"
+    assert await c.ask(b"0000A8001" + zmk.encode() + zpk.encode() + b"U") == b"0000A927"
+    # The same ZMK still serves the forms it can: X under a single-length ZMK.
+    reply = await c.ask(b"0000A01001U;0" + zmk.encode() + b"X")
+    assert reply[:8] == b"0000A100" and reply[41:42] == b"X"
