@@ -10,8 +10,21 @@ import trio
 
 from bench.sim import Response, Terminal
 from fastpath.framing import FrameSplitter
-from switchd.config import Admin, Config, Demo, Listener
+from hsm.lmk import load_lmk
+from hsm.server import serve_hsm
+from hsm.testing import key_under_lmk
+from switchd.config import (
+    Admin,
+    Config,
+    Demo,
+    Hsm,
+    Listener,
+    Security,
+    Transactions,
+    kek_bytes,
+)  # fmt: skip
 from switchd.daemon import Switch
+from switchd.demo import DEMO_TMK
 
 
 def small_config(data_dir: Path, **overrides: object) -> Config:
@@ -111,3 +124,25 @@ async def hsm_relay(
     listen_port_box.append(listeners[0].socket.getsockname()[1])
     task_status.started()
     await trio.serve_listeners(handle, listeners)
+
+
+async def switch_behind_relay(
+    nursery: trio.Nursery, data_dir: Path, stall: trio.Event | Stall, hsm_timeout_s: float,
+    transactions: Transactions,
+) -> Switch:  # fmt: skip
+    """A running switch whose HSM (a software one, external) is reached through
+    ``hsm_relay``: setting ``stall`` makes the HSM go silent."""
+    lmk = load_lmk("test")
+    hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0)
+    box: list[int] = []
+    await nursery.start(hsm_relay, box, hsm_port, stall)
+    cfg = small_config(
+        data_dir,
+        hsm=Hsm(embedded=False, addresses=[f"127.0.0.1:{box[0]}"], timeout_s=hsm_timeout_s),
+        transactions=transactions,
+    )
+    cfg.security = Security(kek_lmk=key_under_lmk(lmk, "000", kek_bytes(cfg)))
+    cfg.demo.tmk_lmk = key_under_lmk(lmk, "002", DEMO_TMK)
+    sw = Switch(cfg)
+    await nursery.start(sw.run)
+    return sw

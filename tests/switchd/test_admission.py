@@ -10,16 +10,12 @@ import trio.testing
 from prometheus_client import REGISTRY
 
 from fastpath import requests as rq
-from hsm.lmk import load_lmk
-from hsm.server import serve_hsm
-from hsm.testing import key_under_lmk
 from switchd.admission import Admission
-from switchd.config import Hsm, Security, Transactions, kek_bytes
-from switchd.daemon import Switch
-from switchd.demo import DEMO_TMK, demo_pan
+from switchd.config import Transactions
+from switchd.demo import demo_pan
 from switchd.ledger import card_account_id
 
-from .conftest import Stall, connect, hsm_relay, small_config
+from .conftest import Stall, connect, switch_behind_relay
 
 CARD_A = rq.Card(demo_pan(31), "3012")
 CARD_B = rq.Card(demo_pan(32), "3012")
@@ -117,21 +113,10 @@ async def test_a_request_with_no_slot_in_time_is_answered_96_signed_and_retried_
     """One slot, held by a sale stuck on a silent HSM: another terminal's sale
     is answered 96, signed, well before the stuck one, and nothing is posted;
     once the HSM answers again, the same request (same STAN) is approved."""
-    lmk = load_lmk("test")
     stall = Stall()
     async with trio.open_nursery() as nursery:
-        hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0)
-        box: list[int] = []
-        await nursery.start(hsm_relay, box, hsm_port, stall)
-        cfg = small_config(
-            tmp_path,
-            hsm=Hsm(embedded=False, addresses=[f"127.0.0.1:{box[0]}"], timeout_s=1.0),
-            transactions=Transactions(timeout_s=1.5, max_in_flight=1, queue_timeout_s=0.3),
-        )
-        cfg.security = Security(kek_lmk=key_under_lmk(lmk, "000", kek_bytes(cfg)))
-        cfg.demo.tmk_lmk = key_under_lmk(lmk, "002", DEMO_TMK)
-        sw = Switch(cfg)
-        await nursery.start(sw.run)
+        one_slot = Transactions(timeout_s=1.5, max_in_flight=1, queue_timeout_s=0.3)
+        sw = await switch_behind_relay(nursery, tmp_path, stall, 1.0, one_slot)
         a = await connect(sw, "10000001")
         b = await connect(sw, "10000002")
         await a.sign_on()

@@ -11,16 +11,13 @@ import trio
 
 from bench.sim import Terminal
 from fastpath import requests as rq
-from hsm.lmk import load_lmk
-from hsm.server import serve_hsm
-from hsm.testing import key_under_lmk
 from switchd import connection
-from switchd.config import Hsm, Security, Terminals, Transactions, kek_bytes
+from switchd.config import Terminals, Transactions
 from switchd.daemon import Switch
-from switchd.demo import DEMO_TMK, demo_pan
+from switchd.demo import demo_pan
 from switchd.ledger import card_account_id
 
-from .conftest import Conn, connect, hsm_relay, small_config
+from .conftest import Conn, connect, small_config, switch_behind_relay
 
 CARD = rq.Card(demo_pan(30), "3012")
 
@@ -182,21 +179,9 @@ async def test_keys_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_a_silent_hsm_gives_96_and_posts_nothing(tmp_path: Path) -> None:
-    lmk = load_lmk("test")
     stall = trio.Event()
     async with trio.open_nursery() as nursery:
-        hsm_port = await nursery.start(serve_hsm, lmk, "127.0.0.1", 0)
-        box: list[int] = []
-        await nursery.start(hsm_relay, box, hsm_port, stall)
-        cfg = small_config(
-            tmp_path,
-            hsm=Hsm(embedded=False, addresses=[f"127.0.0.1:{box[0]}"], timeout_s=0.5),
-            transactions=Transactions(timeout_s=1.0),
-        )
-        cfg.security = Security(kek_lmk=key_under_lmk(lmk, "000", kek_bytes(cfg)))
-        cfg.demo.tmk_lmk = key_under_lmk(lmk, "002", DEMO_TMK)
-        sw = Switch(cfg)
-        await nursery.start(sw.run)
+        sw = await switch_behind_relay(nursery, tmp_path, stall, 0.5, Transactions(timeout_s=1.0))
         c = await connect(sw)
         await c.sign_on()
         t = c.term
