@@ -124,6 +124,7 @@ class Switch:
         self.services.reload_issuers()
         assert self.processor is not None and self.listeners is not None
         self.processor.cfg = cfg
+        self.processor.admission.limit = cfg.transactions.max_in_flight
         self.listeners.cfg = msgspec.structs.replace(self.listeners.cfg, terminals=new.terminals)
         self.services.store.version = -1  # reload reference data on the next poll
         log.info("configuration reloaded from %s", self.config_path)

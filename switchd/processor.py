@@ -96,11 +96,8 @@ class Processor:
 
     async def _run(self, txn: Txn) -> None:
         participants = self.flows.get(txn.kind, ())
-        cfg = self.cfg.transactions
         admission = self.admission
-        if admission.limit != cfg.max_in_flight:
-            admission.limit = cfg.max_in_flight  # changed by a reload (SIGHUP)
-        if not await admission.enter(cfg.queue_timeout_s):
+        if not await admission.enter(self.cfg.transactions.queue_timeout_s):
             await self._turn_away(txn, participants)
             return
         try:

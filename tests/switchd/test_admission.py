@@ -11,7 +11,8 @@ from prometheus_client import REGISTRY
 
 from fastpath import requests as rq
 from switchd.admission import Admission
-from switchd.config import Transactions
+from switchd.config import Transactions, load
+from switchd.daemon import Switch
 from switchd.demo import demo_pan
 from switchd.ledger import card_account_id
 
@@ -162,3 +163,22 @@ async def test_a_request_with_no_slot_in_time_is_answered_96_signed_and_retried_
         assert acct is not None and acct.available == 100_000_00 - 9_00
         sw.stop()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_changes_the_number_of_slots(tmp_path: Path) -> None:
+    path = tmp_path / "switchd.toml"
+    body = (
+        f'data_dir = "{tmp_path / "var"}"\n[[listeners]]\nport = 0\n[admin]\nenabled = false\n'
+        "[demo]\nterminals_per_merchant = 2\ncards = 4\n[transactions]\nmax_in_flight = {}\n"
+    )
+    path.write_text(body.format(8))
+    sw = Switch(load(str(path)), str(path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        assert sw.processor is not None and sw.processor.admission.limit == 8
+        path.write_text(body.format(3))
+        sw.reload()  # what SIGHUP does
+        assert sw.processor.admission.limit == 3
+        c = await connect(sw)
+        assert (await c.sign_on()).rc == "00"  # and it still serves
+        sw.stop()
