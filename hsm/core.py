@@ -46,8 +46,20 @@ def reply_code(command: bytes) -> bytes:
     return command[:1] + bytes(((command[1] + 1) & 0xFF,))
 
 
-def _trailer_of(message: bytes, start: int) -> bytes:
-    """Best-effort trailer for an error reply: X'19' and at most 32 characters at the end."""
+#: Commands whose fields may hold any byte (B2's data, M6/M8's binary message).
+BINARY_DATA = frozenset({b"B2", b"M6", b"M8"})
+
+
+def _trailer_of(message: bytes, start: int, command: bytes) -> bytes:
+    """The trailer an error reply echoes: X'19' and at most 32 characters at the end.
+
+    A failed request was not parsed to its end, so where its trailer starts
+    is known only when no field can hold an X'19': every field is printable
+    except in BINARY_DATA commands, whose error replies carry no trailer
+    rather than one cut from the data (echoed "only if sent", THALES.md §1).
+    """
+    if command in BINARY_DATA:
+        return b""
     idx = message.rfind(bytes((TRAILER_MARK,)), start)
     if idx >= 0 and len(message) - idx - 1 <= MAX_TRAILER:
         return message[idx:]
@@ -77,8 +89,9 @@ class HsmCore:
             body = handler(self.ctx, reader)
             trailer = reader.trailer()
         except HsmError as exc:
-            return header + code + exc.code.encode() + _trailer_of(message, hl + 2)
+            return header + code + exc.code.encode() + _trailer_of(message, hl + 2, command)
         except Exception:
             log.exception("internal error in command %s", command.decode("latin-1"))
-            return header + code + errors.INTERNAL_ERROR.encode()
+            trailer = _trailer_of(message, hl + 2, command)
+            return header + code + errors.INTERNAL_ERROR.encode() + trailer
         return header + code + body + trailer

@@ -79,11 +79,19 @@ def _pvk(ctx: HsmContext, r: Reader, parity_error: str) -> bytes:
     return pvk
 
 
+def _pvki(r: Reader) -> str:
+    """PVKI 1N, 0-6 (THALES.md §5); 21, invalid index, otherwise."""
+    pvki = r.digits(1)
+    if pvki > "6":
+        raise HsmError(errors.INVALID_INDEX, "PVKI must be 0-6")
+    return pvki
+
+
 def _verify(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
     key = ctx.key_under_lmk(source, r.key(), errors.SOURCE_KEY_PARITY)
     pvk = _pvk(ctx, r, errors.DEST_KEY_PARITY)
     block, fmt, account = _pin_fields(r)
-    pvki = r.digits(1)
+    pvki = _pvki(r)
     pvv = r.digits(4)
     pin = _clear_pin(key, block, fmt, account)
     return b"00" if visa_pvv(pvk, account, pvki, pin) == pvv else b"01"
@@ -106,7 +114,7 @@ def dg(ctx: HsmContext, r: Reader) -> bytes:
         raise HsmError(errors.INVALID_INPUT, "message too short")
     pin_field = r.text(pin_len)
     account = r.text(12)
-    pvki = r.digits(1)
+    pvki = _pvki(r)
     check_account(account)
     pin = decrypt_pin_lmk(ctx.lmk.pin_cipher(), pin_field, account)
     return b"00" + visa_pvv(pvk, account, pvki, pin).encode()

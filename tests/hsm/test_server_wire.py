@@ -250,3 +250,25 @@ async def test_variant_forms_under_a_single_length_zmk_are_refused_27(
     # The same ZMK still serves the forms it can: X under a single-length ZMK.
     reply = await c.ask(b"0000A01001U;0" + zmk.encode() + b"X")
     assert reply[:8] == b"0000A100" and reply[41:42] == b"X"
+
+
+async def test_an_error_reply_echoes_a_trailer_only_if_one_was_sent(raw_client: Connect) -> None:
+    c = await raw_client()
+    # Printable fields: the X'19' can only start the trailer, which is echoed.
+    assert await c.ask(b"0000A09002U\x19T1") == b"0000A115\x19T1"
+    # B2's data may hold any byte: an X'19' inside it (here with a length the
+    # data does not match) is not taken for a trailer nobody sent.
+    assert await c.ask(b"0000B20006PI\x19NG") == b"0000B315"
+    assert await c.ask(b"0000B20005PI\x19NG") == b"0000B300PI\x19NG"
+
+
+async def test_a_pvki_outside_0_to_6_is_refused_21(raw_client: Connect, lmk: LmkSet) -> None:
+    tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+    pvk = key_under_lmk(lmk, "002", bytes.fromhex("89ABCDEF01234567FEDCBA9876543210"))
+    block = pin_block(lmk, "002", tpk, "1234", "123456789012").encode()
+    c = await raw_client()
+    head = b"0000DC" + tpk.encode() + pvk.encode() + block + b"01123456789012"
+    assert await c.ask(head + b"7" + b"1234") == b"0000DD21"
+    assert (await c.ask(head + b"6" + b"1234"))[:6] == b"0000DD"  # 6 is in range
+    assert (await c.ask(head + b"6" + b"1234"))[6:8] in (b"00", b"01")
+    assert await c.ask(b"0000DG" + pvk.encode() + b"12345" + b"123456789012" + b"9") == b"0000DH21"
