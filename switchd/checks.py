@@ -109,6 +109,34 @@ async def duplicate(p: Processor, txn: Txn) -> None:
     txn.claimed = key
 
 
+async def open_batch(p: Processor, tid: str, named: int) -> int:
+    """The terminal's open batch, as this process knows it, checked afresh when it differs.
+
+    The copy held here may be stale: the batch may have been closed through
+    another worker process or node. One read of the ledger settles it.
+    """
+    current = p.open_batches.get(tid)
+    if current != named:
+        current = p.open_batches[tid] = await p.s.ledger.current_batch(tid)
+    return current
+
+
+async def batch(p: Processor, txn: Txn) -> None:
+    """60.2 must name the open batch (the host owns the number): else 22, sign on again.
+
+    A request under a closed batch or a number the host never gave would be
+    posted where no settlement counts it; the sign-on answer carries the
+    open batch, so the terminal resynchronises.
+    """
+    assert txn.terminal is not None
+    tid = txn.terminal.tid
+    current = await open_batch(p, tid, txn.batch)
+    if current != txn.batch:
+        log.warning("terminal %s sent batch %06d; the open batch is %06d", tid, txn.batch, current)
+        txn.decline(codes.OPERATION_ERROR)
+        txn.processing = 3
+
+
 async def card(p: Processor, txn: Txn) -> None:
     """Issuer by BIN (15), Luhn (14), on file and active (14/05), not expired (54)."""
     pan = txn.msg.card_number

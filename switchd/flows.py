@@ -12,6 +12,10 @@ from switchd import checks, management, money
 # Checks before any money: who is asking, is it signed, is it new, which card.
 _SIGNED = (checks.terminal, checks.mac, checks.duplicate)
 _CARD = (*_SIGNED, checks.card, checks.permitted)
+# Requests that post money: under the terminal's open batch only. Checked
+# before the duplicate key is claimed, so a refusal is not journaled.
+_POSTING = (checks.terminal, checks.mac, checks.batch, checks.duplicate, checks.card,
+            checks.permitted)  # fmt: skip
 
 FLOWS = {
     Kind.SIGN_ON: (checks.terminal, management.sign_on),
@@ -21,14 +25,15 @@ FLOWS = {
     Kind.SETTLEMENT: (*_SIGNED, management.settlement),
     Kind.BATCH_UPLOAD: (*_SIGNED, management.batch_upload),
     Kind.BALANCE: (*_CARD, checks.pin, money.balance),
-    Kind.SALE: (*_CARD, checks.amount, checks.pin, money.sale),
-    Kind.PREAUTH: (*_CARD, checks.amount, checks.pin, money.preauth),
-    Kind.PREAUTH_CANCEL: (*_CARD, money.preauth_cancel),
-    Kind.COMPLETION: (*_CARD, checks.amount, money.completion),
-    Kind.COMPLETION_ADVICE: (*_CARD, checks.amount, money.completion),
-    Kind.VOID: (*_CARD, money.void),
-    Kind.COMPLETION_VOID: (*_CARD, money.completion_void),
-    Kind.REFUND: (*_CARD, checks.amount, money.refund),
-    # A reversal undoes whatever was done: no card checks can refuse it.
+    Kind.SALE: (*_POSTING, checks.amount, checks.pin, money.sale),
+    Kind.PREAUTH: (*_POSTING, checks.amount, checks.pin, money.preauth),
+    Kind.PREAUTH_CANCEL: (*_POSTING, money.preauth_cancel),
+    Kind.COMPLETION: (*_POSTING, checks.amount, money.completion),
+    Kind.COMPLETION_ADVICE: (*_POSTING, checks.amount, money.completion),
+    Kind.VOID: (*_POSTING, money.void),
+    Kind.COMPLETION_VOID: (*_POSTING, money.completion_void),
+    Kind.REFUND: (*_POSTING, checks.amount, money.refund),
+    # A reversal undoes whatever was done: no card or batch check can refuse
+    # it (it names the original's batch, which may have closed since).
     Kind.REVERSAL: (*_SIGNED, money.reversal),
 }

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from fastpath.codec import SettlementTotals
 from hsm.codec import HsmCommandError
 from hsm.pool import HsmUnavailable
-from switchd import codes
+from switchd import checks, codes
 from switchd.context import Txn
 from switchd.keys import sign_on_keys
 from switchd.ledger import CloseBatch, LedgerError
@@ -38,7 +39,7 @@ async def sign_on(p: Processor, txn: Txn) -> None:
     await p.s.store.save_session(
         Session(t.tid, keys.pik_lmk, keys.mak_kek, keys.tdk_lmk, netcode, now_us())
     )
-    batch = await p.s.ledger.current_batch(t.tid)
+    batch = p.open_batches[t.tid] = await p.s.ledger.current_batch(t.tid)
     txn.mak = keys.mak
     txn.fields[62] = keys.field62
     txn.fields[60] = f"00{batch:06d}{netcode}"
@@ -60,13 +61,22 @@ def _totals_field(debit: int, dcount: int, credit: int, ccount: int, code: int) 
 
 
 async def settlement(p: Processor, txn: Txn) -> None:
-    """Compare the 0500's totals with the ledger's, answer 1 or 2, close the batch."""
+    """Compare the 0500's totals with the ledger's, answer 1 or 2, close the batch.
+
+    Only the open batch can be settled. An 0500 for a batch settled before
+    (the terminal missed our answer) gets that settlement's code again and
+    closes nothing; one for a batch the host never opened is 22 with "sign
+    on again", whose answer carries the open batch.
+    """
     assert txn.terminal is not None
     tid = txn.terminal.tid
     try:
         theirs = txn.msg.settlement_totals()
     except Exception:
         txn.decline(codes.FORMAT_ERROR)
+        return
+    if await checks.open_batch(p, tid, txn.batch) != txn.batch:
+        await _settled_before(p, txn, theirs)
         return
     ours = await p.s.ledger.settlement_totals(tid, txn.batch)
     balanced = (
@@ -80,24 +90,21 @@ async def settlement(p: Processor, txn: Txn) -> None:
         and (theirs.foreign_credit_amount or 0) == ours.foreign_credit_amount
         and (theirs.foreign_credit_count or 0) == ours.foreign_credit_count
     )
-    code = 1 if balanced else 2
-    txn.fields[48] = _totals_field(
-        theirs.debit_amount, theirs.debit_count, theirs.credit_amount, theirs.credit_count, code
-    ) + _totals_field(
-        theirs.foreign_debit_amount or 0, theirs.foreign_debit_count or 0,
-        theirs.foreign_credit_amount or 0, theirs.foreign_credit_count or 0, code,
-    )  # fmt: skip
     try:
         result = await p.s.ledger.execute(CloseBatch(tid, txn.batch))
     except LedgerError as exc:
         log.error("closing batch %d of %s failed: %s", txn.batch, tid, exc)
         txn.decline(codes.SYSTEM_MALFUNCTION)
         return
-    if not result.ok:
-        log.warning("settlement of %s names batch %d; the open batch is %s",
-                    tid, txn.batch, result.value)  # fmt: skip
+    if not result.ok or result.duplicate:
+        # Closed meanwhile by another request (another worker, or a resend).
+        p.open_batches.pop(tid, None)
+        await _settled_before(p, txn, theirs)
+        return
+    p.open_batches[tid] = int(result.value)  # type: ignore[arg-type]
     # The batch is closed: its answers are no longer needed for duplicates.
     p.s.journal.forget_batch(tid, txn.batch)
+    txn.fields[48] = _answer_totals(theirs, 1 if balanced else 2)
     await p.s.store.db.execute(
         "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
         " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
@@ -117,6 +124,32 @@ async def settlement(p: Processor, txn: Txn) -> None:
         extra={"fields": {"event": "settlement", "tid": tid, "batch": txn.batch,
                           "balanced": balanced}},
     )  # fmt: skip
+
+
+def _answer_totals(theirs: SettlementTotals, code: int) -> str:
+    """F48 of the answer: the terminal's totals back, each part with our code."""
+    return _totals_field(
+        theirs.debit_amount, theirs.debit_count, theirs.credit_amount, theirs.credit_count, code
+    ) + _totals_field(
+        theirs.foreign_debit_amount or 0, theirs.foreign_debit_count or 0,
+        theirs.foreign_credit_amount or 0, theirs.foreign_credit_count or 0, code,
+    )  # fmt: skip
+
+
+async def _settled_before(p: Processor, txn: Txn, theirs: SettlementTotals) -> None:
+    """An 0500 that names a batch other than the open one."""
+    assert txn.terminal is not None
+    tid = txn.terminal.tid
+    rows = await p.s.store.db.fetchall(
+        "SELECT balanced FROM settlements WHERE tid = ? AND batch = ?", (tid, txn.batch)
+    )
+    if rows:
+        log.info("settlement of %s repeated for closed batch %06d", tid, txn.batch)
+        txn.fields[48] = _answer_totals(theirs, 1 if rows[0][0] else 2)
+        return
+    log.warning("settlement of %s names batch %06d, which is not open", tid, txn.batch)
+    txn.decline(codes.OPERATION_ERROR)
+    txn.processing = 3
 
 
 async def batch_upload(p: Processor, txn: Txn) -> None:

@@ -66,6 +66,8 @@ class Processor:
         # Session MAKs as DesKeys (key schedule built once), by their stored form.
         self.macs: dict[str, DesKey] = {}
         self.admission = Admission(self.cfg.transactions.max_in_flight)
+        # Each terminal's open batch as last seen (checks.open_batch re-reads on a mismatch).
+        self.open_batches: dict[str, int] = {}
         from switchd import flows  # the participant lists, which import this module's helpers
 
         self.flows = flows.FLOWS
