@@ -215,13 +215,32 @@ async def amount(p: Processor, txn: Txn) -> None:
         txn.decline(codes.AMOUNT_LIMIT)
 
 
+#: F53 digit 1 (PROTOCOL.md §2): how the terminal formed its PIN block.
+PIN_WITH_PAN = "2"  # ANSI X9.8 / ISO 0 with the PAN (the default when F53 is absent)
+PIN_WITHOUT_PAN = "1"  # ANSI X9.8 with an all-zero account
+#: The account a PIN block "without PAN" was formed with.
+NO_ACCOUNT = "0" * 12
+#: Thales format codes (THALES.md §5): ISO 0, and ISO 1, which needs no account.
+ISO_0, ISO_1 = "01", "05"
+
+
 async def pin(p: Processor, txn: Txn) -> None:
-    """When F52 is present: the HSM checks it against the card's PVV (55 / 75)."""
+    """When F52 is present: the HSM checks it against the card's PVV (55 / 75).
+
+    F53's first digit says how the block was formed; a block that F53 says
+    is not there (0) or in a format we do not know is 99, sign on again.
+    """
     block = txn.msg.pin_block
     if block is None:
         return
     c, session, pan = txn.card, txn.session, txn.pan
     assert c is not None and session is not None and pan is not None
+    form = (txn.msg.security_control or PIN_WITH_PAN)[:1]
+    if form != PIN_WITH_PAN and form != PIN_WITHOUT_PAN:
+        log.warning("PIN block sent with F53 PIN format %r", form)
+        txn.decline(codes.PIN_FORMAT)
+        txn.processing = 3
+        return
     tries = p.cfg.security.pin_tries
     if c.pin_failures >= tries:
         txn.decline(codes.PIN_TRIES_EXCEEDED)
@@ -231,10 +250,21 @@ async def pin(p: Processor, txn: Txn) -> None:
         log.error("no PVK for BIN %s", c.bin)
         txn.decline(codes.SYSTEM_MALFUNCTION)
         return
+    block_hex, account, pvki = block.hex().upper(), pan[-13:-1], str(c.pvki)
+    hsm = p.s.hsm
     try:
-        ok = await p.s.hsm.verify_pin_pvv(
-            session.pik_lmk, pvk, block.hex().upper(), pan[-13:-1], str(c.pvki), c.pvv
-        )
+        if form == PIN_WITH_PAN:
+            ok = await hsm.verify_pin_pvv(session.pik_lmk, pvk, block_hex, account, pvki, c.pvv)
+        else:
+            # DC takes one account for the block and the PVV, and this block
+            # has none: move it under the switch's zone key as ISO 1 (which
+            # binds no account), then verify that against the card's PAN.
+            zpk = await p.zone_pin_key()
+            moved = await hsm.translate_pin(session.pik_lmk, zpk, block_hex, NO_ACCOUNT,
+                                            src_format=ISO_0, dst_format=ISO_1)  # fmt: skip
+            ok = await hsm.verify_interchange_pin_pvv(
+                zpk, pvk, moved.pin_block, account, pvki, c.pvv, pin_format=ISO_1
+            )
     except HsmCommandError as exc:
         # 20/23/24: the block does not decrypt to a PIN block under this PIK.
         log.warning("PIN verification refused by the HSM: error %s", exc.code)

@@ -29,6 +29,7 @@ from fastpath.codec import build_response, decode, decode_frame, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
 from fastpath.kinds import FINANCIAL, Kind
+from hsm.client import ZPK
 from switchd import checks, codes, metrics
 from switchd.admission import Admission
 from switchd.context import Txn, derived_digits, mask_pan
@@ -68,6 +69,9 @@ class Processor:
         self.admission = Admission(self.cfg.transactions.max_in_flight)
         # Each terminal's open batch as last seen (checks.open_batch re-reads on a mismatch).
         self.open_batches: dict[str, int] = {}
+        # A zone PIN key of this process (under the LMK), made on first need:
+        # PIN blocks formed without the PAN are verified through it.
+        self._zone_pin_key: str | None = None
         from switchd import flows  # the participant lists, which import this module's helpers
 
         self.flows = flows.FLOWS
@@ -269,6 +273,11 @@ class Processor:
             )
         timer.observe(elapsed)
         log_txn(txn, rc, elapsed)
+
+    async def zone_pin_key(self) -> str:
+        if self._zone_pin_key is None:
+            self._zone_pin_key = (await self.s.hsm.generate_key(ZPK)).under_lmk
+        return self._zone_pin_key
 
     # -- derived values ---------------------------------------------------
 

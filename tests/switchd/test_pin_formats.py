@@ -1,0 +1,61 @@
+"""F53 digit 1 says how the PIN block was formed (PROTOCOL.md §2), over real sockets."""
+
+from __future__ import annotations
+
+from fastpath import requests as rq
+from fastpath.crypto import DesKey, encrypt_pin_block
+from switchd.daemon import Switch
+
+from .conftest import Conn
+from .test_transactions import PIN, available, card, signed_on
+
+NO_PIN, WITHOUT_PAN, WITH_PAN = "0600000000000000", "1600000000000000", "2600000000000000"
+
+
+def block_without_pan(pik: DesKey, pin: str) -> bytes:
+    """ANSI X9.8 with no account: 0 + length + PIN + F fill, not XORed with the PAN."""
+    return pik.encrypt(bytes.fromhex(f"0{len(pin):X}{pin}".ljust(16, "F")))
+
+
+async def sale_with(c: Conn, seq: int, amount: int, block: bytes, f53: str):  # type: ignore[no-untyped-def]
+    t = c.term
+    assert t.pik is not None
+    mti, fields = rq.sale(t.ident, card(seq), t.next_stan(), amount, PIN, t.pik)
+    fields[52], fields[53] = block, f53
+    return await c.call(t.frame(mti, fields))
+
+
+async def test_a_block_formed_without_the_pan_is_verified_as_such(switch: Switch) -> None:
+    c = await signed_on(switch, "10000017")
+    assert c.term.pik is not None
+    before = await available(switch, 37)
+    r = await sale_with(c, 37, 2_00, block_without_pan(c.term.pik, PIN), WITHOUT_PAN)
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 37) == before - 2_00
+    r = await sale_with(c, 37, 2_00, block_without_pan(c.term.pik, "654321"), WITHOUT_PAN)
+    assert r.rc == "55"
+    # The same block said to be formed with the PAN is not this PIN.
+    r = await sale_with(c, 37, 2_00, block_without_pan(c.term.pik, PIN), WITH_PAN)
+    assert r.rc in ("55", "99")
+    assert await available(switch, 37) == before - 2_00
+
+
+async def test_a_block_formed_with_the_pan_is_not_read_without_it(switch: Switch) -> None:
+    c = await signed_on(switch, "10000018")
+    t = c.term
+    assert t.pik is not None
+    with_pan = encrypt_pin_block(t.pik, PIN, card(38).pan)
+    assert (await sale_with(c, 38, 1_00, with_pan, WITH_PAN)).rc == "00"
+    assert (await sale_with(c, 38, 1_00, with_pan, WITHOUT_PAN)).rc in ("55", "99")
+
+
+async def test_a_pin_block_that_f53_says_is_absent_is_refused(switch: Switch) -> None:
+    c = await signed_on(switch, "10000019")
+    t = c.term
+    assert t.pik is not None
+    before = await available(switch, 39)
+    for f53 in (NO_PIN, "7600000000000000"):
+        r = await sale_with(c, 39, 1_00, encrypt_pin_block(t.pik, PIN, card(39).pan), f53)
+        assert r.rc == "99" and r.mac_ok
+        assert r.msg.header[2] & 0x0F == 3  # sign on again
+    assert await available(switch, 39) == before
