@@ -86,33 +86,40 @@ async def _answer(
     stream: trio.SocketStream, splitter: FrameSplitter, out: bytearray,
     handle_frame: FrameHandler, max_inflight: int, peer: str,
 ) -> bool:
-    """Answer every whole frame buffered, in order; False when the connection must close."""
+    """Answer every whole frame buffered, in order; False when the connection must close.
+
+    A frame with an impossible length ends the connection (nothing after it
+    can be framed), but the whole frames before it are answered first.
+    """
     while True:
-        try:
-            batch = _take(splitter, max_inflight)
-        except FrameError as exc:
-            metrics.FRAMES_REJECTED.labels("length").inc()
-            log.warning("closing connection from %s: %s", peer, exc)
-            await _flush(stream, out, peer)
-            return False
-        if not batch:
-            return True
+        batch, error = _take(splitter, max_inflight)
         for body in batch:
             answer = await handle_frame(body)
             if answer:
                 out += answer
+        if error is not None:
+            metrics.FRAMES_REJECTED.labels("length").inc()
+            log.warning("closing connection from %s: %s", peer, error)
+            await _flush(stream, out, peer)
+            return False
+        if not batch:
+            return True
         if not await _flush(stream, out, peer):
             return False
 
 
-def _take(splitter: FrameSplitter, n: int) -> list[bytes]:
-    batch = []
+def _take(splitter: FrameSplitter, n: int) -> tuple[list[bytes], FrameError | None]:
+    """Up to n whole frames, and the framing error that stopped the taking, if one did."""
+    batch: list[bytes] = []
     while len(batch) < n:
-        body = splitter.next_frame()
+        try:
+            body = splitter.next_frame()
+        except FrameError as exc:
+            return batch, exc
         if body is None:
             break
         batch.append(body)
-    return batch
+    return batch, None
 
 
 async def _flush(stream: trio.SocketStream, out: bytearray, peer: str) -> bool:

@@ -314,3 +314,18 @@ async def test_a_request_refused_for_its_mac_can_be_retried_after_sign_on(switch
     r = await c.call(t.frame(mti, fields))  # same STAN, same content, good MAC
     assert r.rc == "00"
     assert await available(switch, 24) == 100_000_00 - 2_00
+
+
+async def test_frames_before_a_bad_length_are_answered(switch: Switch) -> None:
+    """A valid frame and a frame of impossible length in one write: the first is answered."""
+    c = await signed_on(switch, "10000009")
+    t = c.term
+    await c.send(t.frame(*rq.echo_test(t.ident, t.next_stan())) + b"\x00\x00garbage")
+    r = await c.recv()
+    assert r.rc == "00" and r.mac_ok
+    try:
+        await c.recv()
+    except (EOFError, trio.BrokenResourceError):
+        pass  # then the connection is closed: nothing after the bad length can be framed
+    else:
+        raise AssertionError("the connection should have been closed")
