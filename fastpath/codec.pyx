@@ -382,6 +382,13 @@ cdef class Message:
         end = self.off[64] if self.off[64] >= 0 else PyBytes_GET_SIZE(self.raw)
         return self.raw[self.base : end]
 
+    def mac_input_without(self, int f):
+        """The MAB with field f's data left out (its bitmap bit and length prefix stay)."""
+        end = self.off[64] if self.off[64] >= 0 else PyBytes_GET_SIZE(self.raw)
+        if not (2 <= f <= 63) or self.off[f] < 0:
+            return self.raw[self.base : end]
+        return self.raw[self.base : self.off[f]] + self.raw[self.off[f] + self.nbytes[f] : end]
+
     cpdef bint verify_mac(self, DesKey key):
         """True when field 64 is present and is the CUP MAC of the MAB under key."""
         cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(self.raw)

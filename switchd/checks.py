@@ -88,7 +88,11 @@ def _mak(p: Processor, mak_kek: str) -> DesKey:
 
 
 async def duplicate(p: Processor, txn: Txn) -> None:
-    """Same TID + batch + STAN: the first answer again, or 94 if the request differs."""
+    """Same TID + batch + STAN: the first answer again, or 94 if the request differs.
+
+    "Differs" leaves out the PIN block: it is under the session's PIK, so a
+    request resent after a new sign-on carries another block for the same PIN.
+    """
     assert txn.terminal is not None
     key = (txn.terminal.tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
     while (busy := p.in_progress.get(key)) is not None:
@@ -100,7 +104,9 @@ async def duplicate(p: Processor, txn: Txn) -> None:
         txn.decline(codes.SYSTEM_MALFUNCTION)
         return
     if entry is not None:
-        if entry.digest == txn.request_digest():
+        # A reversal may be repeated with another reason in F39 (PROTOCOL.md
+        # §3): it is still the same undo, answered as the first time.
+        if entry.digest == txn.request_digest() or txn.kind is Kind.REVERSAL:
             txn.replay = entry.response
         else:
             txn.decline(codes.DUPLICATE)

@@ -71,9 +71,10 @@ class Txn:
         return self.rc is not None or self.replay is not None
 
     def request_digest(self) -> str:
-        """Tells a retransmission (same bytes up to the MAC) from a reused STAN."""
+        """Tells a retransmission (the same bytes but MAC and PIN block) from a reused STAN."""
         if not self.digest:
-            self.digest = hashlib.blake2b(self.msg.mac_input(), digest_size=12).hexdigest()
+            content = self.msg.mac_input_without(52)
+            self.digest = hashlib.blake2b(content, digest_size=12).hexdigest()
         return self.digest
 
 

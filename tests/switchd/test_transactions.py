@@ -210,6 +210,31 @@ async def test_reversal_twice_undoes_once(switch: Switch) -> None:
         assert await available(switch, 19) == 100_000_00
 
 
+async def test_a_reversal_repeated_with_another_reason_is_the_same_undo(switch: Switch) -> None:
+    c = await signed_on(switch, "10000002")
+    t = c.term
+    mti, fields = rq.sale(t.ident, card(24), t.next_stan(), 40_00)
+    assert (await c.call(t.frame(mti, fields))).rc == "00"
+    for reason in ("98", "A0", "06"):
+        r = await c.call(t.frame(*rq.reversal(fields, reason)))
+        assert r.rc == "00" and r.mac_ok
+        assert await available(switch, 24) == 100_000_00
+
+
+async def test_a_sale_resent_after_a_new_sign_on_gets_its_first_answer(switch: Switch) -> None:
+    """The PIN block is under the new session's PIK: other bytes, the same request."""
+    c = await signed_on(switch, "10000003")
+    t = c.term
+    stan = t.next_stan()
+    first = await c.call(t.frame(*rq.sale(t.ident, card(25), stan, 9_00, PIN, t.pik)))
+    assert first.rc == "00"
+    await c.sign_on()
+    again = await c.call(t.frame(*rq.sale(t.ident, card(25), stan, 9_00, PIN, t.pik)))
+    assert again.rc == "00" and again.mac_ok
+    assert again.msg.rrn == first.msg.rrn
+    assert await available(switch, 25) == 100_000_00 - 9_00
+
+
 async def test_reversal_of_a_sale_that_never_arrived(switch: Switch) -> None:
     c = await signed_on(switch)
     t = c.term
