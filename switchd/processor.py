@@ -193,10 +193,13 @@ class Processor:
             frame = build_response(msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo)
             rc = codes.SYSTEM_MALFUNCTION
         self._account(txn, rc)
-        if txn.claimed is not None:
+        if txn.claimed is not None and rc != codes.SYSTEM_MALFUNCTION:
             # Only requests that passed the MAC and claimed their duplicate key
             # are journaled: an A0 kept under a STAN would be replayed to the
-            # terminal's honest retry after it signs on again.
+            # terminal's honest retry after it signs on again. Nor is a 96: it
+            # says nothing was done, and a repeated reversal must get its undo
+            # once the fault has passed, not the 96 again. Reprocessing is
+            # safe because ledger ids come from TID + batch + STAN.
             self.s.journal.record(self._entry(txn, rc, frame))
         return frame
 

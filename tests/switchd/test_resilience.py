@@ -15,7 +15,7 @@ from switchd import connection
 from switchd.config import Terminals, Transactions
 from switchd.daemon import Switch
 from switchd.demo import demo_pan
-from switchd.ledger import card_account_id
+from switchd.ledger import CommitFailed, card_account_id
 
 from .conftest import Conn, connect, small_config, switch_behind_relay
 
@@ -66,6 +66,35 @@ async def test_a_refund_whose_original_cannot_be_read_gets_96(
     monkeypatch.undo()
     r = await c.call(t.frame(*rq.refund(t.ident, card, t.next_stan(), 5_00, orig)))
     assert r.rc == "00" and r.mac_ok  # readable again: the refund goes through
+
+async def test_a_reversal_refused_96_is_done_when_repeated(
+    switch: Switch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 96 is not kept as the answer: the terminal's repeated 0400 gets its undo."""
+    c = await connect(switch, "10000008")
+    await c.sign_on()
+    t = c.term
+    card = rq.Card(demo_pan(32), "3012")
+    mti, fields = rq.sale(t.ident, card, t.next_stan(), 15_00, "123456", t.pik)
+    assert (await c.call(t.frame(mti, fields))).rc == "00"
+    assert switch.services is not None
+    ledger = switch.services.ledger
+    account = card_account_id(card.pan, switch.services.pan_key)
+
+    async def failing(ops: object) -> list[object]:
+        raise CommitFailed("disk full")
+
+    monkeypatch.setattr(ledger, "submit_linked", failing)
+    r = await c.call(t.frame(*rq.reversal(fields, "98")))
+    assert r.rc == "96" and r.mac_ok
+    monkeypatch.undo()
+    acct = await ledger.account(account)
+    assert acct is not None and acct.available == 100_000_00 - 15_00
+    r = await c.call(t.frame(*rq.reversal(fields, "98")))
+    assert r.rc == "00" and r.mac_ok
+    acct = await ledger.account(account)
+    assert acct is not None and acct.available == 100_000_00
+
 
 async def test_absurd_length_closes_only_that_connection(switch: Switch) -> None:
     victim = await connect(switch, "10000003")
