@@ -51,7 +51,8 @@ SETTLEMENT_ECHO = (11, 41, 42, 49, 60, 63)
 SIGN_ON_AGAIN = 3
 #: The leading participants an answer needs to be signed (terminal, session
 #: MAK): a request turned away for want of a slot still runs these.
-TO_SIGN = frozenset({checks.terminal, checks.mac})
+TO_SIGN_ORDER = (checks.terminal, checks.mac)
+TO_SIGN = frozenset(TO_SIGN_ORDER)
 
 
 class Processor:
@@ -91,7 +92,7 @@ class Processor:
         kind, orig_kind, rc = classify(msg)
         txn = Txn(msg, kind, orig_kind)
         if rc is not None:
-            txn.rc = rc
+            await self._refuse_kind(txn, rc)
         else:
             await self._run(txn)
         try:
@@ -132,6 +133,25 @@ class Processor:
             log.warning("transaction %s timed out before posting", txn.kind.name)
         if txn.rc is None and txn.replay is None:
             txn.rc = codes.APPROVED
+
+    async def _refuse_kind(self, txn: Txn, rc: str) -> None:
+        """A request whose kind is refused (12/30/40) is answered signed when it can be.
+
+        Only its terminal and session MAK are looked up; if either fails the
+        refusal goes out unsigned, with its own code (not 97 or A0: the kind
+        is what is wrong).
+        """
+        try:
+            for participant in TO_SIGN_ORDER:
+                await participant(self, txn)
+                if txn.rc is not None:
+                    txn.mak = None
+                    break
+        except Exception:
+            log.exception("signing the refusal of a %s failed", txn.msg.mti)
+            txn.mak = None
+        txn.rc = rc
+        txn.processing = -1
 
     async def _turn_away(self, txn: Txn, participants: tuple[Participant, ...]) -> None:
         """No slot came in time: answer 96, signed, with nothing done.

@@ -354,3 +354,22 @@ async def test_frames_before_a_bad_length_are_answered(switch: Switch) -> None:
         pass  # then the connection is closed: nothing after the bad length can be framed
     else:
         raise AssertionError("the connection should have been closed")
+
+
+async def test_refusals_of_a_kind_are_signed(switch: Switch) -> None:
+    """40 (a kind we do not offer) and 12 (a reversal of what cannot be reversed), with a MAC."""
+    c = await signed_on(switch, "10000010")
+    t = c.term
+    mti, fields = rq.sale(t.ident, card(26), t.next_stan(), 1_00)
+    fields[3] = "990000"  # no such transaction with 60.1 = 22
+    r = await c.call(t.frame(mti, fields))
+    assert r.msg.mti == "0210" and r.rc == "40" and r.mac_ok
+    assert r.msg.stan == fields[11]
+    _, fields = rq.balance(t.ident, card(26), t.next_stan())
+    r = await c.call(t.frame(*rq.reversal(fields, "98")))
+    assert r.msg.mti == "0410" and r.rc == "12" and r.mac_ok
+    # Unsigned (or wrongly signed) it is still 40, only without a MAC.
+    mti, fields = rq.sale(t.ident, card(26), t.next_stan(), 1_00)
+    fields[3] = "990000"
+    r = await c.call(t.frame(mti, fields, sign=False))
+    assert r.rc == "40" and r.mac_ok is None
