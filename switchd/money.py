@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from fastpath.codec import decode
 from fastpath.kinds import Kind
 from switchd import codes
 from switchd.context import Txn, mask_pan
@@ -142,9 +143,13 @@ async def preauth(p: Processor, txn: Txn) -> None:
     await _post(p, txn, ops)
 
 
-async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch: bool
-                    ) -> list[TransferRecord] | None:  # fmt: skip
-    """The approved original a void, refund, cancel or completion names in F61 (25 if none)."""
+async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch: bool,
+                    dated: bool = False) -> list[TransferRecord] | None:  # fmt: skip
+    """The approved original a void, refund, cancel or completion names in F61 (25 if none).
+
+    `dated`: 61.3 (a refund's original date, MMDD) must be the F13 the
+    original was answered with, when the terminal sends one.
+    """
     msg = txn.msg
     assert txn.terminal is not None
     ob, os_ = msg.original_batch, msg.original_stan
@@ -172,6 +177,10 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
     if msg.auth_code and entry.auth_code and msg.auth_code.strip() != entry.auth_code:
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    date = msg.original_date if dated else None
+    if date and date != "0000" and decode(entry.response).local_date != date:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
     kind = LEDGER_KIND[next(k for k in kinds if k.name.lower() == entry.kind)]
@@ -204,8 +213,9 @@ async def completion_void(p: Processor, txn: Txn) -> None:
 async def refund(p: Processor, txn: Txn) -> None:
     """Partial refunds of a sale or completion, up to its amount in total (any batch)."""
     records = await _original(
-        p, txn, (Kind.SALE, Kind.COMPLETION, Kind.COMPLETION_ADVICE), same_batch=False
-    )
+        p, txn, (Kind.SALE, Kind.COMPLETION, Kind.COMPLETION_ADVICE), same_batch=False,
+        dated=True,
+    )  # fmt: skip
     if records is None:
         return
     assert txn.amount is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import trio
 
 from fastpath import requests as rq
@@ -150,6 +152,20 @@ async def test_partial_refunds_up_to_the_original(switch: Switch) -> None:
         r = await c.call(t.frame(*rq.refund(t.ident, card(14), t.next_stan(), amount, orig)))
         assert r.rc == rc
     assert await available(switch, 14) == 100_000_00
+
+
+async def test_a_refund_must_name_its_original_date(switch: Switch) -> None:
+    """61.3 is the original's date (MMDD, its answer's F13): another date is 25."""
+    c = await signed_on(switch, "10000004")
+    t = c.term
+    stan, r = await sale(c, 27, 10_00)
+    orig = t.remember("sale", r, stan)
+    other_day = dataclasses.replace(orig, date="0229" if orig.date != "0229" else "0228")
+    r = await c.call(t.frame(*rq.refund(t.ident, card(27), t.next_stan(), 1_00, other_day)))
+    assert r.rc == "25" and r.mac_ok
+    r = await c.call(t.frame(*rq.refund(t.ident, card(27), t.next_stan(), 1_00, orig)))
+    assert r.rc == "00"
+    assert await available(switch, 27) == 100_000_00 - 9_00
 
 
 async def test_preauth_completion_cancel(switch: Switch) -> None:
