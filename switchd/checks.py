@@ -144,7 +144,17 @@ async def batch(p: Processor, txn: Txn) -> None:
 
 
 async def card(p: Processor, txn: Txn) -> None:
-    """Issuer by BIN (15), Luhn (14), on file and active (14/05), not expired (54)."""
+    """Issuer by BIN (15), Luhn (14), on file and active (14/05), not expired (54).
+
+    Tracks encrypted under the TDK (F53 digit 3 = 1) are refused 40: the
+    method is not in PROTOCOL.md, and guessing it would misread every card.
+    """
+    security = txn.msg.security_control
+    if security and security[2:3] == "1":
+        log.warning("terminal %s sent encrypted tracks (F53 %s): not supported",
+                    txn.msg.tid, security[:3])  # fmt: skip
+        txn.decline(codes.NOT_SUPPORTED)
+        return
     pan = txn.msg.card_number
     if not pan:
         txn.decline(codes.FORMAT_ERROR)

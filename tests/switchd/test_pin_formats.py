@@ -1,4 +1,4 @@
-"""F53 digit 1 says how the PIN block was formed (PROTOCOL.md §2), over real sockets."""
+"""F53 (PROTOCOL.md §2): digit 1 says how the PIN block was formed; over real sockets."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ async def test_a_pin_block_that_f53_says_is_absent_is_refused(switch: Switch) ->
         assert r.rc == "99" and r.mac_ok
         assert r.msg.header[2] & 0x0F == 3  # sign on again
     assert await available(switch, 39) == before
+
+
+async def test_encrypted_tracks_are_not_supported(switch: Switch) -> None:
+    """F53 digit 3 = 1 (tracks under the TDK): 40, nothing read or posted."""
+    c = await signed_on(switch, "10000020")
+    t = c.term
+    assert t.pik is not None
+    before = await available(switch, 40)
+    block = encrypt_pin_block(t.pik, PIN, card(40).pan)
+    r = await sale_with(c, 40, 1_00, block, "2610000000000000")
+    assert r.rc == "40" and r.mac_ok
+    assert await available(switch, 40) == before
