@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import outcome
 import trio
 
+from switchd.sqlite_write_lock import begin_immediate
 from switchd.thread_batches import ThreadBatches
 
 T = TypeVar("T")
@@ -75,6 +76,8 @@ class Database:
 
 #: Concurrent reads of the SQLite database (each on its own connection).
 READERS = 4
+#: How long a write waits for SQLite's file lock (other processes' commits).
+BUSY_TIMEOUT_S = 5.0
 
 
 class DatabaseClosed(Exception):
@@ -115,7 +118,7 @@ class SqliteDatabase(Database):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=5.0
+            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_S
         )
         self.conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL in WAL mode survives a process crash, not a power cut. Enough
@@ -139,8 +142,8 @@ class SqliteDatabase(Database):
     def run_blocking(self, fn: Callable[[Cursor], T]) -> T:
         """``fn`` in one transaction, in the calling thread (which it blocks)."""
         with self._lock:
+            begin_immediate(self.conn, BUSY_TIMEOUT_S)
             cur = self.conn.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
                 out = fn(cur)
             except BaseException:
@@ -153,7 +156,7 @@ class SqliteDatabase(Database):
         with self._lock:
             cur = self.conn.cursor()
             try:
-                cur.execute("BEGIN IMMEDIATE")
+                begin_immediate(self.conn, BUSY_TIMEOUT_S)
                 for call in calls:
                     cur.execute("SAVEPOINT call")
                     try:

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from switchd.sqlite_write_lock import begin_immediate
+
 from .core import POSTED_COLUMNS, Changes, Group, apply_batch
 from .migrations import CREATE_VERSION_TABLE, pending_migrations
 from .model import CommitFailed, Result, TransferType
@@ -230,7 +232,7 @@ class SqliteBackend:
     def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
         try:
             conn = self._writer_conn()
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, _BUSY_TIMEOUT_MS / 1000)
         except sqlite3.Error as exc:
             self._drop_writer()
             raise CommitFailed(f"sqlite: cannot begin a transaction: {exc}") from exc
