@@ -188,9 +188,17 @@ class Journal:
             await in_slices(list(loading.values()), trio.Event.set)
 
     async def _fetch(self, keys: list[tuple[str, int]]) -> list[tuple]:
+        # A join on the key list, not `(tid, batch) IN (VALUES ...)`: SQLite
+        # searches the IN form by tid alone and reads every batch the terminal
+        # ever had; the join searches (tid, batch). Measured on a journal of
+        # 138k rows, 400 batches not yet journaled (every batch's first
+        # request): 24 ms -> 0.3-1 ms. The casts type the VALUES columns for
+        # PostgreSQL.
         rows = ",".join(["(?, ?)"] * len(keys))
         return await self.db.fetchall(
-            f"SELECT {_COLUMNS} FROM journal WHERE (tid, batch) IN (VALUES {rows})",
+            f"SELECT {_COLUMNS} FROM (VALUES {rows}) AS k JOIN journal"
+            " ON journal.tid = CAST(k.column1 AS TEXT)"
+            " AND journal.batch = CAST(k.column2 AS INTEGER)",
             [v for key in keys for v in key],
         )
 
