@@ -1,6 +1,6 @@
 """Two processes committing to one SQLite file: SQLite's busy handler vs ours.
 
-    python -m bench.sqlite_lock [--processes 2] [--duration 5] [--rows 200]
+    python -m bench.sqlite_lock [--processes 2] [--duration 5] [--rows 200] [--json]
 
 Each process loops: take the write lock (BEGIN IMMEDIATE), insert a batch
 of rows, COMMIT with synchronous=FULL, pause 0-2 ms (a group commit's
@@ -12,6 +12,7 @@ commits/s and the wait for the lock (p50, p99, max), and the ratios.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import random
 import sqlite3
@@ -74,10 +75,15 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--rows", type=int, default=200)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = run("sqlite", args.processes, args.duration, args.rows, Path(tmp))
         ours = run("fine", args.processes, args.duration, args.rows, Path(tmp))
+    if args.json:
+        print(json.dumps({"sqlite_handler": base, "begin_immediate": ours,
+                          "commits_ratio": ours["commits_per_s"] / base["commits_per_s"]}))
+        return
     for name, r in (("sqlite busy handler (baseline)", base), ("begin_immediate", ours)):
         print(f"{name:32s} {r['commits_per_s']:7.0f} commits/s  lock wait p50 "
               f"{r['wait_p50_ms']:.2f} ms  p99 {r['wait_p99_ms']:.2f} ms  "
