@@ -90,6 +90,23 @@ async def settlement(p: Processor, txn: Txn) -> None:
         and (theirs.foreign_credit_amount or 0) == ours.foreign_credit_amount
         and (theirs.foreign_credit_count or 0) == ours.foreign_credit_count
     )
+    # The verdict is stored before the batch closes: if the close fails the
+    # batch stays open and a resend overwrites it; if the answer is lost
+    # after the close, a resend finds it (_settled_before).
+    await p.s.store.db.execute(
+        "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
+        " balanced = excluded.balanced, terminal_totals = excluded.terminal_totals,"
+        " host_totals = excluded.host_totals, created_at = excluded.created_at",
+        (
+            tid, txn.batch, txn.terminal.mid, int(balanced),
+            orjson.dumps([theirs.debit_amount, theirs.debit_count, theirs.credit_amount,
+                          theirs.credit_count]).decode(),
+            orjson.dumps([ours.debit_amount, ours.debit_count, ours.credit_amount,
+                          ours.credit_count]).decode(),
+            now_us(),
+        ),
+    )  # fmt: skip
     try:
         result = await p.s.ledger.execute(CloseBatch(tid, txn.batch))
     except LedgerError as exc:
@@ -105,20 +122,6 @@ async def settlement(p: Processor, txn: Txn) -> None:
     # The batch is closed: its answers are no longer needed for duplicates.
     p.s.journal.forget_batch(tid, txn.batch)
     txn.fields[48] = _answer_totals(theirs, 1 if balanced else 2)
-    await p.s.store.db.execute(
-        "INSERT INTO settlements (tid, batch, mid, balanced, terminal_totals, host_totals,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (tid, batch) DO UPDATE SET"
-        " balanced = excluded.balanced, terminal_totals = excluded.terminal_totals,"
-        " host_totals = excluded.host_totals, created_at = excluded.created_at",
-        (
-            tid, txn.batch, txn.terminal.mid, int(balanced),
-            orjson.dumps([theirs.debit_amount, theirs.debit_count, theirs.credit_amount,
-                          theirs.credit_count]).decode(),
-            orjson.dumps([ours.debit_amount, ours.debit_count, ours.credit_amount,
-                          ours.credit_count]).decode(),
-            now_us(),
-        ),
-    )  # fmt: skip
     log.info(
         "settlement",
         extra={"fields": {"event": "settlement", "tid": tid, "batch": txn.batch,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import pytest
+
 from fastpath import requests as rq
 from switchd.daemon import Switch
 from switchd.ledger import CloseBatch
@@ -110,3 +114,27 @@ async def test_a_reversal_is_not_refused_for_its_batch(switch: Switch) -> None:
     r = await c.call(t.frame(*rq.reversal(fields, "98")))
     assert r.rc == "00"
     assert await available(switch, 36) == before
+
+
+async def test_a_settlement_whose_record_fails_can_be_sent_again(
+    switch: Switch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict is stored before the batch closes: a failure there leaves the batch open."""
+    c = await signed_on(switch, "10000010")
+    await sale(c, 30, 2_00)
+    assert switch.services is not None
+    db = switch.services.store.db
+    real = db.execute
+
+    async def failing(sql: str, params: object = ()) -> object:
+        if sql.startswith("INSERT INTO settlements"):
+            raise sqlite3.OperationalError("disk full")
+        return await real(sql, params)
+
+    monkeypatch.setattr(db, "execute", failing)
+    r = await settle(c, rq.settlement_totals(2_00, 1, 0, 0))
+    assert r.rc == "96" and r.mac_ok
+    monkeypatch.undo()
+    r = await settle(c, rq.settlement_totals(2_00, 1, 0, 0))
+    assert r.rc == "00" and r.msg.settlement_totals().code == 1
+    assert (await c.sign_on()).msg.batch == "000002"
