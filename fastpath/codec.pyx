@@ -685,6 +685,13 @@ cdef bytes _encode(str mti, dict fields, Message echo_from, uint64_t echo_mask,
             b.room(total, f)
             src = <const uint8_t *>PyBytes_AS_STRING(echo_from.raw)
             memcpy(b.data + b.pos, src + start, total)
+            if (FMT[f] == F_N or FMT[f] == F_Z) and (echo_from.units[f] & 1):
+                # An odd digit count's pad nibble is written 0 (PROTOCOL.md
+                # §2), even when the request used the F we accept.
+                if LEFT_ALIGN[f]:
+                    b.data[b.pos + total - 1] &= 0xF0
+                else:
+                    b.data[b.pos + echo_from.prefix[f]] &= 0x0F
             b.pos += total
     if framed:
         total = b.pos - 2

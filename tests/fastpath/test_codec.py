@@ -239,6 +239,23 @@ def test_response_echoes_request_bytes_and_swaps_tpdu() -> None:
     assert unswapped.tpdu == req.tpdu
 
 
+def test_an_echoed_f_pad_nibble_is_written_0() -> None:
+    """PROTOCOL.md §2: variable BCD data ends with a 0 nibble; F is accepted, not sent."""
+    mti, fields = rq.sale(T, CARD, "000012", 12345, "123456", PIK)
+    fields[2] = "6228480000000000117"  # 19 digits: one pad nibble
+    body = encode(mti, fields)
+    f2, f60 = decode(body).raw_field(2), decode(body).raw_field(60)
+    assert f2[-1] & 0x0F == 0 and f60[-1] & 0x0F == 0
+    padded = body.replace(f2, f2[:-1] + bytes([f2[-1] | 0x0F])).replace(
+        f60, f60[:-1] + bytes([f60[-1] | 0x0F])
+    )
+    req = decode_frame(rq.DEFAULT_TPDU + rq.DEFAULT_HEADER + padded)
+    assert req.raw_field(2)[-1] & 0x0F == 0x0F and req.pan == fields[2]
+    resp = decode_frame(build_response(req, "0210", {39: "00"}, MAK, echo=(2, 60))[2:])
+    assert resp.raw_field(2) == f2 and resp.raw_field(60) == f60
+    assert resp.pan == fields[2] and resp.verify_mac(MAK)
+
+
 def test_response_sets_processing_requirement_nibble_and_can_drop_fields() -> None:
     mti, fields = rq.sale(T, CARD, "000012", 12345)
     req = decode_frame(
