@@ -45,7 +45,10 @@ class Txn:
         self.started = time.perf_counter()
         self.rc: str | None = None
         self.fields: dict[int, object] = {}
-        self.processing = -1  # header nibble to set in the answer, -1 = echo
+        # The answer header's processing-requirement nibble (PROTOCOL.md §1):
+        # what the host asks of the terminal, 0 = nothing. Never the
+        # request's own nibble echoed, which would ask for what the host never meant.
+        self.processing = 0
         self.terminal: Terminal | None = None
         self.merchant: Merchant | None = None
         self.session: Session | None = None

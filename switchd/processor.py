@@ -151,7 +151,7 @@ class Processor:
             log.exception("signing the refusal of a %s failed", txn.msg.mti)
             txn.mak = None
         txn.rc = rc
-        txn.processing = -1
+        txn.processing = 0
 
     async def _turn_away(self, txn: Txn, participants: tuple[Participant, ...]) -> None:
         """No slot came in time: answer 96, signed, with nothing done.
@@ -210,7 +210,8 @@ class Processor:
             )  # fmt: skip
         except CodecError:
             log.exception("cannot encode the answer to %s", txn.kind.name)
-            frame = build_response(msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo)
+            frame = build_response(msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo,
+                                   processing=0)
             rc = codes.SYSTEM_MALFUNCTION
         self._account(txn, rc)
         if txn.claimed is not None and rc != codes.SYSTEM_MALFUNCTION:
@@ -255,7 +256,7 @@ class Processor:
         stored = decode(txn.replay)
         fields = {f: stored[f] for f in stored.fields if f != 64}
         msg = txn.msg
-        tpdu, header = self._answer_tpdu(msg.tpdu), msg.header
+        tpdu, header = self._answer_tpdu(msg.tpdu), _plain_header(msg.header)
         txn.rc = stored.response_code
         return encode_frame(tpdu, header, stored.mti, fields, txn.mak)
 
@@ -273,7 +274,8 @@ class Processor:
             return None
         tpdu = self._answer_tpdu(body[:5])
         metrics.TRANSACTIONS.labels("unsupported", codes.FORMAT_ERROR).inc()
-        return encode_frame(tpdu, body[5:11], f"{mti + 10:04d}", {39: codes.FORMAT_ERROR})
+        return encode_frame(tpdu, _plain_header(body[5:11]), f"{mti + 10:04d}",
+                            {39: codes.FORMAT_ERROR})  # fmt: skip
 
     def _answer_tpdu(self, tpdu: bytes) -> bytes:
         """An answer's TPDU for answers built outside build_response (which swaps itself)."""
@@ -315,3 +317,8 @@ class Processor:
         if not txn.auth:
             txn.auth = derived_digits(6, "auth", txn.msg.tid or "", txn.batch, txn.stan)
         return txn.auth
+
+
+def _plain_header(header: bytes) -> bytes:
+    """The request's header for an answer that asks nothing of the terminal (nibble 0)."""
+    return header[:2] + bytes([header[2] & 0xF0]) + header[3:]

@@ -389,3 +389,18 @@ async def test_refusals_of_a_kind_are_signed(switch: Switch) -> None:
     fields[3] = "990000"
     r = await c.call(t.frame(mti, fields, sign=False))
     assert r.rc == "40" and r.mac_ok is None
+
+
+async def test_the_answer_header_asks_only_what_the_host_means(switch: Switch) -> None:
+    """PROTOCOL.md §1: the host sets the processing nibble; a request's own is not echoed."""
+    c = await signed_on(switch, "10000011")
+    t = c.term
+    t.header = bytes.fromhex("603105000000")  # low nibble 5 (high nibble 0: normal)
+    _, r = await sale(c, 28, 1_00)
+    assert r.rc == "00" and r.mac_ok
+    assert r.msg.header == bytes.fromhex("603100000000")
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    assert r.msg.header == bytes.fromhex("603100000000")
+    t.header = bytes.fromhex("603115000000")  # terminal status 1 (test) is kept
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    assert r.msg.header == bytes.fromhex("603110000000")
