@@ -133,16 +133,26 @@ class Processor:
             log.warning("transaction %s timed out before posting", txn.kind.name)
         if txn.rc is None and txn.replay is None:
             txn.rc = codes.APPROVED
+        elif (txn.rc == codes.INVALID_MERCHANT and txn.terminal is not None
+              and txn.mak is None and txn.kind is not Kind.SIGN_ON):  # fmt: skip
+            # A known terminal naming another merchant: its MAK can still sign
+            # the 03 (a sign-on request has no MAC to check).
+            await self._signed_refusal(txn, codes.INVALID_MERCHANT, (checks.mac,))
 
     async def _refuse_kind(self, txn: Txn, rc: str) -> None:
-        """A request whose kind is refused (12/30/40) is answered signed when it can be.
+        """A request whose kind is refused (12/30/40) is answered signed when it can be."""
+        await self._signed_refusal(txn, rc, TO_SIGN_ORDER)
 
-        Only its terminal and session MAK are looked up; if either fails the
-        refusal goes out unsigned, with its own code (not 97 or A0: the kind
-        is what is wrong).
+    async def _signed_refusal(self, txn: Txn, rc: str,
+                              participants: tuple[Participant, ...]) -> None:  # fmt: skip
+        """Answer rc, signed if `participants` find the terminal's session MAK.
+
+        If they fail the refusal goes out unsigned, with its own code (not
+        97 or A0: the refusal's reason is what is wrong).
         """
+        txn.rc = None
         try:
-            for participant in TO_SIGN_ORDER:
+            for participant in participants:
                 await participant(self, txn)
                 if txn.rc is not None:
                     txn.mak = None

@@ -404,3 +404,14 @@ async def test_the_answer_header_asks_only_what_the_host_means(switch: Switch) -
     t.header = bytes.fromhex("603115000000")  # terminal status 1 (test) is kept
     r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
     assert r.msg.header == bytes.fromhex("603110000000")
+
+
+async def test_a_known_terminal_naming_another_merchant_gets_a_signed_03(switch: Switch) -> None:
+    c = await signed_on(switch, "10000012")
+    t = c.term
+    t.mid = "898100012340002"  # another merchant's ID
+    _, r = await sale(c, 29, 1_00)
+    assert r.rc == "03" and r.mac_ok
+    assert r.msg.header[2] & 0x0F == 0
+    r = await c.call(t.sign_on_frame())  # a sign-on carries no MAC: its 03 is unsigned
+    assert r.rc == "03" and r.mac_ok is None
