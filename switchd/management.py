@@ -14,6 +14,7 @@ from switchd import checks, codes
 from switchd.context import Txn
 from switchd.keys import sign_on_keys
 from switchd.ledger import CloseBatch, LedgerError
+from switchd.ledger import SettlementTotals as LedgerTotals
 from switchd.store import Session, now_us
 
 if TYPE_CHECKING:
@@ -63,10 +64,11 @@ def _totals_field(debit: int, dcount: int, credit: int, ccount: int, code: int) 
 async def settlement(p: Processor, txn: Txn) -> None:
     """Compare the 0500's totals with the ledger's, answer 1 or 2, close the batch.
 
-    Only the open batch can be settled. An 0500 for a batch settled before
-    (the terminal missed our answer) gets that settlement's code again and
-    closes nothing; one for a batch the host never opened is 22 with "sign
-    on again", whose answer carries the open batch.
+    Each part of F48 (domestic, foreign) gets its own code. Only the open
+    batch can be settled. An 0500 for a batch settled before (the terminal
+    missed our answer) is compared again and closes nothing; one for a
+    batch the host never opened is 22 with "sign on again", whose answer
+    carries the open batch.
     """
     assert txn.terminal is not None
     tid = txn.terminal.tid
@@ -79,17 +81,8 @@ async def settlement(p: Processor, txn: Txn) -> None:
         await _settled_before(p, txn, theirs)
         return
     ours = await p.s.ledger.settlement_totals(tid, txn.batch)
-    balanced = (
-        theirs.debit_amount == ours.debit_amount
-        and theirs.debit_count == ours.debit_count
-        and theirs.credit_amount == ours.credit_amount
-        and theirs.credit_count == ours.credit_count
-        # the foreign part may be absent from F48: then it counts as zeros
-        and (theirs.foreign_debit_amount or 0) == ours.foreign_debit_amount
-        and (theirs.foreign_debit_count or 0) == ours.foreign_debit_count
-        and (theirs.foreign_credit_amount or 0) == ours.foreign_credit_amount
-        and (theirs.foreign_credit_count or 0) == ours.foreign_credit_count
-    )
+    domestic, foreign = _compare(theirs, ours)
+    balanced = domestic and foreign
     # The verdict is stored before the batch closes: if the close fails the
     # batch stays open and a resend overwrites it; if the answer is lost
     # after the close, a resend finds it (_settled_before).
@@ -121,7 +114,7 @@ async def settlement(p: Processor, txn: Txn) -> None:
     p.open_batches[tid] = int(result.value)  # type: ignore[arg-type]
     # The batch is closed: its answers are no longer needed for duplicates.
     p.s.journal.forget_batch(tid, txn.batch)
-    txn.fields[48] = _answer_totals(theirs, 1 if balanced else 2)
+    txn.fields[48] = _answer_totals(theirs, domestic, foreign)
     log.info(
         "settlement",
         extra={"fields": {"event": "settlement", "tid": tid, "batch": txn.batch,
@@ -129,13 +122,32 @@ async def settlement(p: Processor, txn: Txn) -> None:
     )  # fmt: skip
 
 
-def _answer_totals(theirs: SettlementTotals, code: int) -> str:
-    """F48 of the answer: the terminal's totals back, each part with our code."""
+def _compare(theirs: SettlementTotals, ours: LedgerTotals) -> tuple[bool, bool]:
+    """Whether the domestic and the foreign totals each agree with the ledger's."""
+    domestic = (
+        theirs.debit_amount == ours.debit_amount
+        and theirs.debit_count == ours.debit_count
+        and theirs.credit_amount == ours.credit_amount
+        and theirs.credit_count == ours.credit_count
+    )
+    # The foreign part may be absent from F48: then it counts as zeros.
+    foreign = (
+        (theirs.foreign_debit_amount or 0) == ours.foreign_debit_amount
+        and (theirs.foreign_debit_count or 0) == ours.foreign_debit_count
+        and (theirs.foreign_credit_amount or 0) == ours.foreign_credit_amount
+        and (theirs.foreign_credit_count or 0) == ours.foreign_credit_count
+    )
+    return domestic, foreign
+
+
+def _answer_totals(theirs: SettlementTotals, domestic: bool, foreign: bool) -> str:
+    """F48 of the answer: the terminal's totals back, each part with its own code (1 or 2)."""
     return _totals_field(
-        theirs.debit_amount, theirs.debit_count, theirs.credit_amount, theirs.credit_count, code
+        theirs.debit_amount, theirs.debit_count, theirs.credit_amount, theirs.credit_count,
+        1 if domestic else 2,
     ) + _totals_field(
         theirs.foreign_debit_amount or 0, theirs.foreign_debit_count or 0,
-        theirs.foreign_credit_amount or 0, theirs.foreign_credit_count or 0, code,
+        theirs.foreign_credit_amount or 0, theirs.foreign_credit_count or 0, 1 if foreign else 2,
     )  # fmt: skip
 
 
@@ -147,8 +159,11 @@ async def _settled_before(p: Processor, txn: Txn, theirs: SettlementTotals) -> N
         "SELECT balanced FROM settlements WHERE tid = ? AND batch = ?", (tid, txn.batch)
     )
     if rows:
+        # Compared again with the closed batch's totals, which only a late
+        # reversal can have changed since: then the new verdict is the true one.
         log.info("settlement of %s repeated for closed batch %06d", tid, txn.batch)
-        txn.fields[48] = _answer_totals(theirs, 1 if rows[0][0] else 2)
+        ours = await p.s.ledger.settlement_totals(tid, txn.batch)
+        txn.fields[48] = _answer_totals(theirs, *_compare(theirs, ours))
         return
     log.warning("settlement of %s names batch %06d, which is not open", tid, txn.batch)
     txn.decline(codes.OPERATION_ERROR)

@@ -138,3 +138,16 @@ async def test_a_settlement_whose_record_fails_can_be_sent_again(
     r = await settle(c, rq.settlement_totals(2_00, 1, 0, 0))
     assert r.rc == "00" and r.msg.settlement_totals().code == 1
     assert (await c.sign_on()).msg.batch == "000002"
+
+
+async def test_each_part_of_the_totals_gets_its_own_code(switch: Switch) -> None:
+    """F48: domestic and foreign totals are compared apart; only the domestic one is off."""
+    c = await signed_on(switch, "10000020")
+    await sale(c, 37, 3_00)
+    r = await settle(c, rq.settlement_totals(9_99, 1, 0, 0))
+    assert r.rc == "00"
+    totals = r.msg.settlement_totals()
+    assert (totals.code, totals.foreign_code) == (2, 1)
+    r = await settle(c, rq.settlement_totals(9_99, 1, 0, 0))  # resent: compared again
+    totals = r.msg.settlement_totals()
+    assert (totals.code, totals.foreign_code) == (2, 1)
