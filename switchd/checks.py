@@ -215,12 +215,22 @@ async def permitted(p: Processor, txn: Txn) -> None:
 
 
 async def amount(p: Processor, txn: Txn) -> None:
-    """A positive amount (13) within the merchant's limits (61)."""
+    """A positive amount (13) within the merchant's limits (61), in our currency (30).
+
+    A request without F4, or whose F49 names another currency than the
+    switch's (PROTOCOL.md §2: an3, 156), is a format error: posting its
+    minor units as ours would move the wrong money.
+    """
     m = txn.merchant
     assert m is not None
     amt = txn.amount
     limits = p.cfg.limits
-    if amt is None or amt <= 0:
+    currency = txn.msg.currency
+    if amt is None or (currency is not None and currency != p.cfg.transactions.currency):
+        log.warning("terminal %s: amount %s in currency %s refused", txn.msg.tid, amt, currency)
+        txn.decline(codes.FORMAT_ERROR)
+        return
+    if amt <= 0:
         txn.decline(codes.INVALID_AMOUNT)
         return
     low = m.min_amount if m.min_amount is not None else limits.min_amount

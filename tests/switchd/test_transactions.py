@@ -415,3 +415,18 @@ async def test_a_known_terminal_naming_another_merchant_gets_a_signed_03(switch:
     assert r.msg.header[2] & 0x0F == 0
     r = await c.call(t.sign_on_frame())  # a sign-on carries no MAC: its 03 is unsigned
     assert r.rc == "03" and r.mac_ok is None
+
+
+async def test_an_amount_in_another_currency_or_none_is_a_format_error(switch: Switch) -> None:
+    c = await signed_on(switch, "10000013")
+    t = c.term
+    before = await available(switch, 30)
+    mti, fields = rq.sale(t.ident, card(30), t.next_stan(), 5_00, PIN, t.pik)
+    fields[49] = "840"
+    r = await c.call(t.frame(mti, fields))
+    assert r.rc == "30" and r.mac_ok
+    mti, fields = rq.sale(t.ident, card(30), t.next_stan(), 5_00, PIN, t.pik)
+    del fields[4]
+    r = await c.call(t.frame(mti, fields))
+    assert r.rc == "30" and r.mac_ok
+    assert await available(switch, 30) == before
