@@ -92,8 +92,16 @@ async def duplicate(p: Processor, txn: Txn) -> None:
 
     "Differs" leaves out the PIN block: it is under the session's PIK, so a
     request resent after a new sign-on carries another block for the same PIN.
+
+    A request without F11 is a format error (30): the STAN is what names it
+    to its duplicates and to its reversal (PROTOCOL.md §3), and its answer
+    must echo it. Taken as STAN 0, it was approved with no F11 in the answer.
     """
     assert txn.terminal is not None
+    if txn.msg.stan is None:
+        log.warning("terminal %s: %s request without F11 refused", txn.terminal.tid, txn.msg.mti)
+        txn.decline(codes.FORMAT_ERROR)
+        return
     key = (txn.terminal.tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
     while (busy := p.in_progress.get(key)) is not None:
         await busy.wait()  # the same request is being answered right now

@@ -430,3 +430,20 @@ async def test_an_amount_in_another_currency_or_none_is_a_format_error(switch: S
     r = await c.call(t.frame(mti, fields))
     assert r.rc == "30" and r.mac_ok
     assert await available(switch, 30) == before
+
+
+async def test_a_request_without_a_stan_is_a_format_error(switch: Switch) -> None:
+    """F11 names a request to its duplicates and its reversal (PROTOCOL.md §3): without it, 30."""
+    c = await signed_on(switch, "10000014")
+    t = c.term
+    before = await available(switch, 31)
+    mti, fields = rq.sale(t.ident, card(31), t.next_stan(), 3_00, PIN, t.pik)
+    del fields[11]
+    r = await c.call(t.frame(mti, fields))
+    assert r.rc == "30" and r.mac_ok
+    assert r.msg.get(11) is None
+    mti, fields = rq.sale(t.ident, card(31), t.next_stan(), 3_00)
+    del fields[11]
+    r = await c.call(t.frame(*rq.reversal(fields, "98")))
+    assert r.rc == "30" and r.mac_ok
+    assert await available(switch, 31) == before
