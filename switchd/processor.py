@@ -49,6 +49,9 @@ MANAGEMENT_ECHO = (11, 41, 42, 60)
 SETTLEMENT_ECHO = (11, 41, 42, 49, 60, 63)
 #: Headers' processing-requirement nibble: sign on again.
 SIGN_ON_AGAIN = 3
+#: The answers that ask for it (MAC error, PIN format, batch not open): a
+#: replay of one asks again, as the first answer did.
+SIGN_ON_AGAIN_CODES = frozenset({codes.MAC_ERROR, codes.PIN_FORMAT, codes.OPERATION_ERROR})
 #: The leading participants an answer needs to be signed (terminal, session
 #: MAK): a request turned away for want of a slot still runs these.
 TO_SIGN_ORDER = (checks.terminal, checks.mac)
@@ -266,8 +269,9 @@ class Processor:
         stored = decode(txn.replay)
         fields = {f: stored[f] for f in stored.fields if f != 64}
         msg = txn.msg
-        tpdu, header = self._answer_tpdu(msg.tpdu), _plain_header(msg.header)
         txn.rc = stored.response_code
+        processing = SIGN_ON_AGAIN if txn.rc in SIGN_ON_AGAIN_CODES else 0
+        tpdu, header = self._answer_tpdu(msg.tpdu), _answer_header(msg.header, processing)
         return encode_frame(tpdu, header, stored.mti, fields, txn.mak)
 
     def _undecodable(self, body: bytes, exc: DecodeError) -> bytes | None:
@@ -284,7 +288,7 @@ class Processor:
             return None
         tpdu = self._answer_tpdu(body[:5])
         metrics.TRANSACTIONS.labels("unsupported", codes.FORMAT_ERROR).inc()
-        return encode_frame(tpdu, _plain_header(body[5:11]), f"{mti + 10:04d}",
+        return encode_frame(tpdu, _answer_header(body[5:11]), f"{mti + 10:04d}",
                             {39: codes.FORMAT_ERROR})  # fmt: skip
 
     def _answer_tpdu(self, tpdu: bytes) -> bytes:
@@ -329,6 +333,6 @@ class Processor:
         return txn.auth
 
 
-def _plain_header(header: bytes) -> bytes:
-    """The request's header for an answer that asks nothing of the terminal (nibble 0)."""
-    return header[:2] + bytes([header[2] & 0xF0]) + header[3:]
+def _answer_header(header: bytes, processing: int = 0) -> bytes:
+    """The request's header with the host's processing requirement (0: nothing asked)."""
+    return header[:2] + bytes([(header[2] & 0xF0) | processing]) + header[3:]

@@ -61,6 +61,22 @@ async def test_a_pin_block_that_f53_says_is_absent_is_refused(switch: Switch) ->
     assert await available(switch, 39) == before
 
 
+async def test_a_resent_99_asks_to_sign_on_again_as_the_first_did(switch: Switch) -> None:
+    # A duplicate gets its first answer again (PROTOCOL.md §3), header included:
+    # the replay of a 99 still asks the terminal to sign on (nibble 3).
+    c = await signed_on(switch, "10000016")
+    t = c.term
+    assert t.pik is not None
+    mti, fields = rq.sale(t.ident, card(36), t.next_stan(), 1_00, PIN, t.pik)
+    fields[53] = NO_PIN
+    frame = t.frame(mti, fields)
+    first, again = await c.call(frame), await c.call(frame)
+    for r in (first, again):
+        assert r.rc == "99" and r.mac_ok
+        assert r.msg.header[2] & 0x0F == 3
+    assert again.msg.iso == first.msg.iso
+
+
 async def test_encrypted_tracks_are_not_supported(switch: Switch) -> None:
     """F53 digit 3 = 1 (tracks under the TDK): 40, nothing read or posted."""
     c = await signed_on(switch, "10000020")
