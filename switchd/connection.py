@@ -55,17 +55,16 @@ def connection_handler(
         splitter = FrameSplitter(max_length=cfg.max_frame)
         out = bytearray()
         peer = _peer(stream)
+        fd = stream.socket.fileno()
         reading = owner.reading
         # Cancelled only by the sweeper or a drain, and only while listed in
-        # `reading`, that is while blocked in receive_some: never mid-transaction.
+        # `reading`, that is while waiting for bytes: never mid-transaction.
         with trio.CancelScope() as waiting:
             while not owner.draining:
                 timeout = cfg.frame_timeout_s if len(splitter) else cfg.idle_timeout_s
                 reading[waiting] = trio.current_time() + timeout
                 try:
-                    data = await stream.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                    data = await _receive(fd)
                 finally:
                     del reading[waiting]
                 if not data:
@@ -106,6 +105,28 @@ async def _answer(
             return True
         if not await _flush(stream, out, peer):
             return False
+
+
+async def _receive(fd: int) -> bytes:
+    """The bytes the socket has, once it has any; b"" when the peer is gone.
+
+    Waits first, then reads once. trio's receive_some reads first and waits
+    only on EAGAIN, the right order for a stream that usually has data; a
+    terminal's next request comes only after it has read our answer, so that
+    first read nearly always failed: a wasted system call and a raised
+    BlockingIOError per request, under an async context manager.
+    """
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except trio.ClosedResourceError:
+            return b""  # the socket was closed under us (shutdown)
+        try:
+            return os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            continue  # a spurious wake-up: nothing to read after all
+        except OSError:
+            return b""  # ECONNRESET and the like: the peer is gone
 
 
 def _take(splitter: FrameSplitter, n: int) -> tuple[list[bytes], FrameError | None]:
