@@ -224,6 +224,7 @@ class Switch:
             background.start_soon(db.run_batcher)
             background.start_soon(journal.run)
             background.start_soon(journal.run_loader)
+            background.start_soon(self.processor.admission.run)
             background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)

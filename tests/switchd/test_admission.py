@@ -45,13 +45,41 @@ async def test_waiters_are_admitted_in_arrival_order() -> None:
 async def test_a_wait_that_times_out_holds_nothing(autojump_clock: trio.testing.MockClock
                                                    ) -> None:  # fmt: skip
     gate = Admission(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gate.run)  # the sweeper that turns waiters away
+        assert await gate.enter(1.0)
+        start = trio.current_time()
+        assert not await gate.enter(0.5)
+        assert trio.current_time() - start == pytest.approx(0.5)
+        gate.leave()
+        assert gate.in_progress == 0
+        assert await gate.enter(0.5)  # the slot is free again: nobody kept it
+        nursery.cancel_scope.cancel()
+
+
+async def test_waiters_time_out_in_arrival_order(autojump_clock: trio.testing.MockClock
+                                                 ) -> None:  # fmt: skip
+    # One sweeper serves every waiter: each is turned away at its own deadline.
+    gate = Admission(1)
     assert await gate.enter(1.0)
-    start = trio.current_time()
-    assert not await gate.enter(0.5)
-    assert trio.current_time() - start == pytest.approx(0.5)
-    gate.leave()
-    assert gate.in_progress == 0
-    assert await gate.enter(0.5)  # the slot is free again: nobody kept it
+    turned_away: list[tuple[int, float]] = []
+
+    async def waiter(i: int) -> None:
+        assert not await gate.enter(1.0)
+        turned_away.append((i, trio.current_time()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gate.run)
+        start = trio.current_time()
+        for i in range(3):
+            nursery.start_soon(waiter, i)
+            await trio.sleep(0.25)
+        await trio.sleep(2)
+        assert [(i, t - start) for i, t in turned_away] == [
+            (0, pytest.approx(1.0)), (1, pytest.approx(1.25)), (2, pytest.approx(1.5))
+        ]
+        assert gate.waiting == 0 and gate.in_progress == 1  # only the first holder
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_cancelled_waiter_holds_nothing() -> None:
