@@ -13,6 +13,7 @@ terminal is answered 98: late money is never left half-posted.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import trio
@@ -62,8 +63,18 @@ def _request(p: Processor, txn: Txn, batch: int | None = None, stan: int | None 
 
 
 def _card_account(p: Processor, txn: Txn) -> int:
+    if txn.card is not None:
+        # The card check found the card under this id (the store keys cards by
+        # it): no second keyed hash of the PAN.
+        return int(txn.card.card_id)
     assert txn.pan is not None
     return card_account_id(txn.pan, p.s.pan_key)
+
+
+# Account ids of merchants and of the fee account depend on the MID and the
+# currency alone: hashed once each, not on every posting.
+_merchant_account = lru_cache(maxsize=65536)(merchant_account_id)
+_fee_account = lru_cache(maxsize=16)(fee_account_id)
 
 
 def _fee(txn: Txn, amount: int) -> int:
@@ -127,8 +138,8 @@ async def balance(p: Processor, txn: Txn) -> None:
 async def sale(p: Processor, txn: Txn) -> None:
     assert txn.amount is not None
     ops = flows.sale(
-        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
-        fee_account_id(p.cfg.transactions.currency), txn.amount, _fee(txn, txn.amount),
+        _request(p, txn), _card_account(p, txn), _merchant_account(txn.terminal.mid),
+        _fee_account(p.cfg.transactions.currency), txn.amount, _fee(txn, txn.amount),
     )  # fmt: skip
     await _post(p, txn, ops)
 
@@ -137,7 +148,7 @@ async def preauth(p: Processor, txn: Txn) -> None:
     assert txn.amount is not None
     tolerance = txn.amount * p.cfg.transactions.completion_tolerance_pct // 100
     ops = flows.preauth(
-        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
+        _request(p, txn), _card_account(p, txn), _merchant_account(txn.terminal.mid),
         txn.amount, p.cfg.transactions.preauth_expiry_s, tolerance,
     )  # fmt: skip
     await _post(p, txn, ops)
@@ -221,7 +232,7 @@ async def refund(p: Processor, txn: Txn) -> None:
     assert txn.amount is not None
     leg0 = records[0]
     ops = flows.refund(
-        _request(p, txn), _card_account(p, txn), merchant_account_id(txn.terminal.mid),
+        _request(p, txn), _card_account(p, txn), _merchant_account(txn.terminal.mid),
         leg0.id, txn.amount,
     )  # fmt: skip
     await _post(p, txn, ops)
@@ -244,8 +255,8 @@ async def completion(p: Processor, txn: Txn) -> None:
         return
     assert txn.amount is not None
     ops = flows.completion(
-        _request(p, txn), records[0].id, txn.amount, merchant_account_id(txn.terminal.mid),
-        fee_account_id(p.cfg.transactions.currency), _fee(txn, txn.amount),
+        _request(p, txn), records[0].id, txn.amount, _merchant_account(txn.terminal.mid),
+        _fee_account(p.cfg.transactions.currency), _fee(txn, txn.amount),
     )  # fmt: skip
     await _post(p, txn, ops)
 
