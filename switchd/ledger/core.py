@@ -324,10 +324,17 @@ class _Reject(Exception):
         self.code = code
 
 
+#: Account rows kept by the one writer between its batches (see `apply_batch`).
+AccountCache = dict[bytes, _Acct]
+
+
 class _Batch:
-    def __init__(self, now_us: int, exclusive: bool = False) -> None:
+    def __init__(
+        self, now_us: int, exclusive: bool = False, cache: AccountCache | None = None
+    ) -> None:
         self.now = now_us
         self.exclusive = exclusive
+        self.cache = cache
         self.accounts: dict[bytes, _Acct] = {}
         self.transfers: dict[bytes, _Xfer] = {}
         self.states: dict[bytes, _State] = {}
@@ -426,6 +433,17 @@ class _Batch:
                 self.transfers[x.id] = x
                 accts.add(x.debit)
                 accts.add(x.credit)
+        cache = self.cache
+        if cache is not None and accts:
+            accounts = self.accounts
+            missing = set()
+            for k in accts:
+                a = cache.get(k)
+                if a is None:
+                    missing.add(k)
+                else:
+                    accounts[k] = a
+            accts = missing
         if accts:
             for row in store.load_accounts(sorted(accts)):
                 self.accounts[row[0]] = _Acct(*row, False, _blob(row[0]))
@@ -1168,7 +1186,11 @@ class _Batch:
 
 
 def apply_batch(
-    store: Store, groups: Sequence[Group], now_us: int, exclusive: bool = False
+    store: Store,
+    groups: Sequence[Group],
+    now_us: int,
+    exclusive: bool = False,
+    cache: AccountCache | None = None,
 ) -> list[list[Result]]:
     """Apply `groups` in order inside the store's open transaction; write the net changes.
 
@@ -1176,9 +1198,19 @@ def apply_batch(
     (only with a `concurrent` store) NeedsExclusiveGuard before anything was
     applied when a reversal's original is not on record: roll back and call
     again with `exclusive=True`.
+
+    `cache`: accounts as this writer left them at its last commit, for a store
+    nobody else writes to (SQLite: one writer). Accounts found there are not
+    read again, and on return it holds every account of this batch as written.
+    Those objects carry the batch's uncommitted balances: unless the
+    transaction commits, the caller must empty it.
     """
-    batch = _Batch(now_us, exclusive)
+    batch = _Batch(now_us, exclusive, cache)
     batch.load(store, groups)
     results = [batch.run_group(g) for g in groups]
     store.write(batch.changes())
+    if cache is not None:
+        for a in batch.dirty_accounts.values():
+            a.new = False  # inserted by this batch: from now on it is updated
+        cache.update(batch.accounts)
     return results

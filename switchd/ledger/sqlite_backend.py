@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from switchd.sqlite_write_lock import begin_immediate
 
-from .core import POSTED_COLUMNS, Changes, Group, apply_batch
+from .core import POSTED_COLUMNS, AccountCache, Changes, Group, apply_batch
 from .migrations import CREATE_VERSION_TABLE, pending_migrations
 from .model import CommitFailed, Result, TransferType
 from .queries import Dialect
@@ -56,6 +56,9 @@ _INSERT_POSTED = (
 _IN_SIZES = (1, 2, 4, 8, 16, 32, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896)
 _CHUNK = 4000
 _STATEMENT_CACHE = 256
+#: Accounts the writer keeps between batches (see `SqliteBackend.apply`);
+#: past this many the cache starts over (a few hundred bytes each).
+_ACCOUNT_CACHE_MAX = 65_536
 
 
 def _chunks(ids: list[Any]) -> Iterable[list[Any]]:
@@ -201,6 +204,13 @@ class SqliteBackend:
         self._all: list[sqlite3.Connection] = []
         # Tests use this to reach the writer connection and inject real faults.
         self.on_writer_open: Callable[[sqlite3.Connection], None] | None = None
+        # The accounts as the writer's last commit left them: a batch reads
+        # from the file only those it has not seen (a sale's cardholder and
+        # merchant rows cost more to read and decode than its rules). Valid
+        # while no other connection has committed: `PRAGMA data_version`,
+        # read holding the write lock, changes exactly then.
+        self._accounts: AccountCache = {}
+        self._data_version: int | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,22 +247,32 @@ class SqliteBackend:
             self._drop_writer()
             raise CommitFailed(f"sqlite: cannot begin a transaction: {exc}") from exc
         try:
-            results = apply_batch(_SqliteStore(conn), groups, now_us)
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version or len(self._accounts) > _ACCOUNT_CACHE_MAX:
+                self._accounts.clear()
+                self._data_version = version
+            results = apply_batch(_SqliteStore(conn), groups, now_us, cache=self._accounts)
             conn.execute("COMMIT")
             return results
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            # The cached rows may hold this batch's balances, which did not commit.
+            self._accounts.clear()
+            self._data_version = None
+            if not isinstance(exc, sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             try:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             except sqlite3.Error:
                 self._drop_writer()
             raise CommitFailed(f"sqlite: batch of {len(groups)} not committed: {exc}") from exc
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _drop_writer(self) -> None:
+        # data_version counts per connection: a new one starts a new count.
+        self._accounts.clear()
+        self._data_version = None
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.close()

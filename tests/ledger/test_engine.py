@@ -25,8 +25,10 @@ from switchd.ledger import (
     Transfer,
     VoidPending,
     open_ledger,
+    queries,
 )
 from switchd.ledger import postgres_backend as pgb
+from switchd.ledger.core import Group
 from switchd.ledger.postgres_backend import PostgresBackend
 from switchd.ledger.sqlite_backend import SqliteBackend
 
@@ -209,6 +211,35 @@ async def test_postgres_two_writers_share_one_ledger(tmp_path: Path) -> None:
             assert await a.audit() == []
     finally:
         gen.close()
+
+
+def test_sqlite_writer_sees_what_another_connection_committed(tmp_path: Path) -> None:
+    # The writer keeps account rows between batches; a second writer on the
+    # same file (not a deployment, but it must not lose money) commits in
+    # between: the first one's next batch works on the balances on disk.
+    path = tmp_path / "l.sqlite3"
+    first, second = SqliteBackend(path), SqliteBackend(path)
+    first.open()
+    second.open()
+    try:
+        card, merchant, suspense = 1001, 1002, 1003
+        setup = [CreateAccount(card, AccountKind.CARDHOLDER, CNY),
+                 CreateAccount(merchant, AccountKind.MERCHANT, CNY),
+                 CreateAccount(suspense, AccountKind.SUSPENSE, CNY),
+                 Transfer(1, suspense, card, 100, "deposit")]
+        assert all(r[0].ok for r in first.apply([Group((op,)) for op in setup], 1))
+        assert first.apply([Group((Transfer(2, card, merchant, 30, "sale"),))], 2)[0][0].ok
+        assert second.apply([Group((Transfer(3, card, merchant, 50, "sale"),))], 3)[0][0].ok
+        # 20 left: a sale of 30 must be refused, one of 20 must pass.
+        refused = first.apply([Group((Transfer(4, card, merchant, 30, "sale"),))], 4)[0][0]
+        assert refused.code is RC.INSUFFICIENT_FUNDS
+        assert first.apply([Group((Transfer(5, card, merchant, 20, "sale"),))], 5)[0][0].ok
+        acct = first.read(lambda conn, d: queries.get_account(conn, d, card))
+        assert acct is not None and acct.balance == 0
+        assert first.read(lambda conn, d: queries.audit(conn, d)) == []
+    finally:
+        first.close()
+        second.close()
 
 
 def test_sqlite_settings_are_durable(tmp_path: Path) -> None:
