@@ -451,14 +451,16 @@ class _Batch:
             for tid, current in store.load_terminal_batches(sorted(tids)):
                 self.batches[tid] = current
                 self.loaded_batches.add(tid)
-        fresh = new_ids - refs
+        # Without references (a batch of sales), both lookups take the new ids:
+        # sorted once.
+        fresh = sorted(new_ids - refs if refs else new_ids)
         if fresh:
-            for row in store.load_transfers(sorted(fresh)):
+            for row in store.load_transfers(fresh):
                 x = _Xfer(*row)
                 self.transfers[x.id] = x
-        xids = new_ids | refs
+        xids = sorted(new_ids | refs) if refs else fresh
         if xids:
-            for rid, fp, code in store.load_rejections(sorted(xids)):
+            for rid, fp, code in store.load_rejections(xids):
                 self.rejections[rid] = (fp, code)
         if guarded and not self.exclusive:
             for xid in reversed_ids:
@@ -516,7 +518,7 @@ class _Batch:
         return out
 
     def _run_one(self, op: Op | ExpireDue) -> Result:
-        self.journal = []
+        # The journal is empty here: every group leaves it so.
         if (
             type(op) is Transfer
             and op.pending is False
@@ -535,9 +537,12 @@ class _Batch:
                 self._undo()
                 self.candidate = None
                 result = Result(RC.INTERNAL_ERROR)
+            if result is _OK:
+                return result  # journal=False: nothing was journaled
         else:
+            self.journal = []
             result = self._apply_guarded(op)
-        if not result.ok:
+        if result.code is not RC.OK:
             self._undo()
             if self.candidate is not None:
                 self._reject(self.candidate, result.code)
@@ -719,7 +724,9 @@ class _Batch:
             return Result(RC.ID_INVALID)
         idb = i.to_bytes(16, "big")
         di, ci, amount, code = op.debit_account_id, op.credit_account_id, op.amount, op.code
-        fp = _fp(f"T|{di}|{ci}|{amount}|{code}|False|0|0|None")
+        h = _FP_EMPTY.copy()  # _fp, written out
+        h.update(f"T|{di}|{ci}|{amount}|{code}|False|0|0|None".encode())
+        fp = h.digest()
         transfers = self.transfers
         if idb in transfers or idb in self.rejections:
             return self._dup(idb, fp)  # type: ignore[return-value]
@@ -761,23 +768,23 @@ class _Batch:
         x = _Xfer(idb, _POSTED, did, cid, amount, None, None, 0, fp)
         if meta is None:
             row: tuple[object, ...] = (
-                _blob(idb),
+                bytearray(idb),
                 d.blob,
                 c.blob,
                 amount,
                 code,
-                _blob(fp),
+                bytearray(fp),
                 now,
                 *_NO_META,
             )
         else:
             row = (
-                _blob(idb),
+                bytearray(idb),
                 d.blob,
                 c.blob,
                 amount,
                 code,
-                _blob(fp),
+                bytearray(fp),
                 now,
                 meta.terminal_id,
                 meta.merchant_id or None,
@@ -1207,7 +1214,10 @@ def apply_batch(
     """
     batch = _Batch(now_us, exclusive, cache)
     batch.load(store, groups)
-    results = [batch.run_group(g) for g in groups]
+    # Single operations (nearly every group) go to _run_one without the
+    # extra call through run_group.
+    run_one, run_group = batch._run_one, batch.run_group
+    results = [[run_one(g.ops[0])] if len(g.ops) == 1 else run_group(g) for g in groups]
     store.write(batch.changes())
     if cache is not None:
         for a in batch.dirty_accounts.values():
