@@ -49,10 +49,10 @@ _INSERT_POSTED = (
 )
 
 
-#: Sizes of the `IN (?, ...)` lists: a list is padded (repeating its last id,
-#: which changes no result) up to the next one, so each lookup runs one of a
-#: few cached prepared statements instead of parsing a new statement of
-#: thousands of parameters every batch (that parse cost as much as the lookup).
+#: Sizes of the key lists of a lookup: a list is padded (with a key that
+#: matches no row) up to the next one, so each lookup runs one of a few cached
+#: prepared statements instead of parsing a new statement of thousands of
+#: parameters every batch (that parse cost as much as the lookup).
 _IN_SIZES = (1, 2, 4, 8, 16, 32, 64, 91, 128, 181, 256, 362, 512, 724, 1024, 1448, 2048, 2896)
 _CHUNK = 4000
 _STATEMENT_CACHE = 256
@@ -61,13 +61,13 @@ _STATEMENT_CACHE = 256
 _ACCOUNT_CACHE_MAX = 65_536
 
 
-def _chunks(ids: list[Any]) -> Iterable[list[Any]]:
+def _chunks(ids: list[Any], filler: Any) -> Iterable[list[Any]]:
     for i in range(0, len(ids), _CHUNK):
         part = ids[i : i + _CHUNK]
         n = len(part)
         size = next((k for k in _IN_SIZES if k >= n), _CHUNK)
         if size > n:
-            part.extend([part[-1]] * (size - n))
+            part.extend([filler] * (size - n))
         yield part
 
 
@@ -82,13 +82,29 @@ class _SqliteStore:
     def guard_new_ids(self, exclusive: bool) -> None:
         pass
 
-    def _in(self, select: str, ids: list[Any]) -> list[tuple[Any, ...]]:
+    def _in(self, columns: str, table: str, key: str, ids: list[Any]) -> list[tuple[Any, ...]]:
+        """The rows of `table` whose `key` is one of `ids` (distinct), in no order.
+
+        The keys are a VALUES list joined to the table (CROSS JOIN: the list
+        drives, one primary-key search per key), not `key IN (...)`, for
+        which SQLite first builds and sorts a temporary index of the list:
+        that took longer than the searches (1,448 new ids, 50,000 transfers:
+        0.69 ms against 0.47; against an empty rejections table, 0.41 ms
+        against 0.11)."""
         out: list[tuple[Any, ...]] = []
         if ids and type(ids[0]) is bytes:
-            # Bound without going through sqlite3's adapter registry (core._blob).
+            # Bound without going through sqlite3's adapter registry (core._blob);
+            # padded with an empty blob, which no 16-byte id equals.
             ids = list(map(bytearray, ids))
-        for part in _chunks(ids):
-            marks = ",".join("?" * len(part))
+            filler: Any = bytearray()
+        else:
+            filler = None  # NULL equals nothing
+        select = (
+            f"SELECT {columns} FROM (VALUES {{}}) AS k"
+            f" CROSS JOIN {table} AS t ON t.{key} = k.column1"
+        )
+        for part in _chunks(ids, filler):
+            marks = ",".join(["(?)"] * len(part))
             out.extend(self.conn.execute(select.format(marks), part).fetchall())
         return out
 
@@ -102,34 +118,35 @@ class _SqliteStore:
 
     def load_states(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._in(
-            "SELECT id, pending_state, expires_at, resolved_by, reversed_by, refunded"
-            " FROM transfer_state WHERE id IN ({})",
+            "t.id, t.pending_state, t.expires_at, t.resolved_by, t.reversed_by, t.refunded",
+            "transfer_state",
+            "id",
             ids,
         )
 
     def load_transfers(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._in(
-            "SELECT id, type, debit_account_id, credit_account_id, amount, ref_id,"
-            " expires_at, post_tolerance, fingerprint FROM transfers WHERE id IN ({})",
+            "t.id, t.type, t.debit_account_id, t.credit_account_id, t.amount, t.ref_id,"
+            " t.expires_at, t.post_tolerance, t.fingerprint",
+            "transfers",
+            "id",
             ids,
         )
 
     def load_rejections(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
-        return self._in("SELECT id, fingerprint, code FROM rejections WHERE id IN ({})", ids)
+        return self._in("t.id, t.fingerprint, t.code", "rejections", "id", ids)
 
     def load_accounts(self, ids: list[bytes]) -> list[tuple[Any, ...]]:
         return self._in(
-            "SELECT id, kind, currency, owner, credit_limit, closed, debits_posted,"
-            " credits_posted, debits_pending, credits_pending, created_at"
-            " FROM accounts WHERE id IN ({})",
+            "t.id, t.kind, t.currency, t.owner, t.credit_limit, t.closed, t.debits_posted,"
+            " t.credits_posted, t.debits_pending, t.credits_pending, t.created_at",
+            "accounts",
+            "id",
             ids,
         )
 
     def load_terminal_batches(self, tids: list[str]) -> list[tuple[Any, ...]]:
-        return self._in(
-            "SELECT terminal_id, current_batch FROM terminal_batches WHERE terminal_id IN ({})",
-            tids,
-        )
+        return self._in("t.terminal_id, t.current_batch", "terminal_batches", "terminal_id", tids)
 
     def write(self, ch: Changes) -> None:
         c = self.conn
