@@ -67,6 +67,7 @@ MAX_TEXT_LEN = 64
 
 RC = ResultCode
 _OK = Result(RC.OK)
+_OK_ONLY = (_OK,)
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
 #: Fingerprint of a rejection recorded for an id nobody submitted yet: a
@@ -1198,10 +1199,11 @@ def apply_batch(
     now_us: int,
     exclusive: bool = False,
     cache: AccountCache | None = None,
-) -> list[list[Result]]:
+) -> list[Sequence[Result]]:
     """Apply `groups` in order inside the store's open transaction; write the net changes.
 
-    Returns one list of results per group. Raises what the store raises, and
+    Returns the results of each group, in order (a list, or one tuple shared
+    by every group whose one operation got the plain OK). Raises what the store raises, and
     (only with a `concurrent` store) NeedsExclusiveGuard before anything was
     applied when a reversal's original is not on record: roll back and call
     again with `exclusive=True`.
@@ -1217,7 +1219,18 @@ def apply_batch(
     # Single operations (nearly every group) go to _run_one without the
     # extra call through run_group.
     run_one, run_group = batch._run_one, batch.run_group
-    results = [[run_one(g.ops[0])] if len(g.ops) == 1 else run_group(g) for g in groups]
+    results: list[Sequence[Result]] = []
+    append = results.append
+    for g in groups:
+        if len(g.ops) == 1:
+            r = run_one(g.ops[0])
+            # The usual answer is one shared constant, not a new list: a list
+            # per operation lived until its caller woke, long enough for the
+            # garbage collector to promote it and walk it again (thousands a
+            # batch, and they brought on full collections).
+            append(_OK_ONLY if r is _OK else [r])
+        else:
+            append(run_group(g))
     store.write(batch.changes())
     if cache is not None:
         for a in batch.dirty_accounts.values():

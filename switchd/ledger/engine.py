@@ -90,7 +90,7 @@ class Backend(Protocol):
     name: str
 
     def open(self) -> None: ...
-    def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]: ...
+    def apply(self, groups: Sequence[Group], now_us: int) -> list[Sequence[Result]]: ...
     def read(self, fn: Callable[[Any, Dialect], T]) -> T: ...
     def close(self) -> None: ...
 
@@ -269,12 +269,19 @@ class Ledger:
         metrics.BATCH_SIZE.observe(len(groups))
         i = 0
         for k, (task, payload) in enumerate(taken, 1):
-            n = 1 if type(payload) is Group else len(payload)
-            if n == 1:
-                mine = results[i]
+            mine: Sequence[Result]
+            if type(payload) is Group:
+                mine = results[i]  # execute() takes the one result out
+                i += 1
             else:
-                mine = [r for group_results in results[i : i + n] for r in group_results]
-            i += n
+                # The caller gets a list of its own: a group's results may be
+                # a tuple the backend shares (core.apply_batch).
+                n = len(payload)
+                if n == 1 and type(results[i]) is list:
+                    mine = results[i]
+                else:
+                    mine = [r for group_results in results[i : i + n] for r in group_results]
+                i += n
             trio.lowlevel.reschedule(task, outcome.Value(mine))
             if k % DELIVERY_SLICE == 0 and self.writers > 1:
                 # Not cancellable: every result of a committed batch is delivered.

@@ -305,7 +305,7 @@ class PostgresBackend:
             # synchronous_commit=on means nothing if the server never flushes.
             log.warning("ledger: PostgreSQL runs with fsync=%s: commits are not durable", fsync[0])
 
-    def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+    def apply(self, groups: Sequence[Group], now_us: int) -> list[Sequence[Result]]:
         assert self.pool is not None, "backend not open"
         last: Exception | None = None
         exclusive = False

@@ -256,7 +256,7 @@ class SqliteBackend:
                 self.on_writer_open(self._writer)
         return self._writer
 
-    def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+    def apply(self, groups: Sequence[Group], now_us: int) -> list[Sequence[Result]]:
         try:
             conn = self._writer_conn()
             begin_immediate(conn, _BUSY_TIMEOUT_MS / 1000)

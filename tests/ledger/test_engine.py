@@ -110,6 +110,19 @@ async def test_close_drains_queue_then_refuses(config: LedgerConfig) -> None:
         assert (await ledger.account(chart.card)).balance == 1_000_000 - 500  # type: ignore[union-attr]
 
 
+async def test_each_caller_gets_its_own_result_list(config: LedgerConfig) -> None:
+    # The backend answers plain OKs with one shared tuple; callers of submit
+    # still get lists of their own.
+    async with open_ledger(config) as ledger:
+        chart = await make_chart(ledger)
+        first = await ledger.submit([Transfer(7_001, chart.card, chart.merchant, 1, "sale")])
+        assert type(first) is list and first == [Result(RC.OK)]
+        first.append(Result(RC.INTERNAL_ERROR))
+        second = await ledger.submit([Transfer(7_002, chart.card, chart.merchant, 1, "sale")])
+        assert type(second) is list and second == [Result(RC.OK)]
+        assert (await ledger.execute(Transfer(7_003, chart.card, chart.merchant, 1, "sale"))).ok
+
+
 async def test_bad_operation_does_not_kill_writer(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         chart = await make_chart(ledger)
