@@ -139,8 +139,8 @@ class Ledger:
         # (writer_process.py); reads still use `backend` here.
         self.process = process
         # Each caller queues two entries, its task and then its _Payload: no
-        # request object per call (with the per-call list, two objects fewer
-        # for the garbage collector to count and walk under load).
+        # request object and no one-group list per call while it waits
+        # (objects the garbage collector counted and walked under load).
         self._queue: deque[Any] = deque()
         # Writer tasks with nothing to take park here; a submission unparks one.
         self._idle_writers = trio.lowlevel.ParkingLot()
