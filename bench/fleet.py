@@ -27,11 +27,14 @@ is marked uncertain until the reversal is answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import itertools
 import random
 import resource
 import sys
 import time
+from bisect import bisect
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +42,8 @@ from dataclasses import dataclass, field
 from bench.sim import Response, Terminal, TerminalError
 from bench.stats import Stats
 from fastpath import requests as rq
-from fastpath.crypto import DesKey
+from fastpath.codec import Message
+from fastpath.crypto import DesKey, pin_block_format0
 from fastpath.errors import CodecError, FrameError
 from fastpath.framing import FrameSplitter
 from switchd.demo import demo_pan
@@ -60,6 +64,21 @@ OPEN_SALES = 16
 #: Settlement counts are n3 (PROTOCOL.md §3): a terminal settles before its batch
 #: holds more, as real terminals do when their batch is full.
 BATCH_FULL = 990
+#: The answer's MTI to each request's (the request's + 10).
+ANSWER_MTI = {m: f"{int(m) + 10:04d}" for m in ("0100", "0200", "0220", "0400", "0500", "0800")}
+
+
+@functools.lru_cache(maxsize=65536)
+def demo_card(seq: int) -> tuple[rq.Card, str, bytes]:
+    """A demo card, its track 2 and its clear PIN block, made once per card.
+
+    A format 0 block is the PIN field XOR the PAN field: it depends on the card
+    only (every demo card has the same PIN), so the fleet keeps it and each
+    request pays one 3DES encryption under the terminal's session PIK.
+    """
+    pan = demo_pan(seq)
+    card = rq.Card(pan, EXPIRY)
+    return card, card.track2, pin_block_format0(PIN, pan)
 
 
 def parse_mix(text: str) -> dict[str, float]:
@@ -202,11 +221,23 @@ def _expire(fut: asyncio.Future[None]) -> None:
         fut.set_exception(Unanswered("timeout"))
 
 
-@dataclass
 class OpenSale:
-    orig: rq.Original
-    seq: int
-    amount: int
+    """An approved sale kept for a later void or refund.
+
+    What they quote of it is read from its answer only when one does (most
+    sales are never voided nor refunded).
+    """
+
+    __slots__ = ("amount", "batch", "msg", "seq", "stan")
+
+    def __init__(self, msg: Message, batch: str, stan: str, seq: int, amount: int) -> None:
+        self.msg, self.batch, self.stan, self.seq, self.amount = msg, batch, stan, seq, amount
+
+    @property
+    def orig(self) -> rq.Original:
+        m = self.msg
+        return rq.Original(batch=self.batch, stan=self.stan, date=m.local_date or "",
+                           rrn=m.rrn or "", auth_code=(m.auth_code or "").strip())  # fmt: skip
 
 
 class Worker:
@@ -228,6 +259,11 @@ class Worker:
         # The request whose outcome is unknown, to reverse after reconnecting:
         # (its fields, card sequence, amount already in the tally to take back).
         self.to_reverse: tuple[dict[int, object], int, int] | None = None
+        # A sale's constant fields (TID, MID, codes, F60 of the batch), made once per batch.
+        self._sale_batch = ""
+        self._sale_template: dict[int, object] = {}
+        self.kinds = list(self.cfg.mix)
+        self._cum_weights = list(itertools.accumulate(self.cfg.mix.values()))
 
     # -- connection ----------------------------------------------------------
 
@@ -239,7 +275,7 @@ class Worker:
             )
         self.link = link
         if self.cfg.ceiling:
-            self.term.pik, self.term.mak = CEILING_PIK, DesKey(CEILING_MAK)
+            self.term.pik, self.term.mak = DesKey(CEILING_PIK), DesKey(CEILING_MAK)
             return
         await self.sign_on()
 
@@ -292,7 +328,7 @@ class Worker:
             raise Unanswered("undecodable answer") from None
         rc = resp.rc
         self.stats.record(kind, rc, now - start, now)
-        want_mti = f"{int(mti) + 10:04d}"
+        want_mti = ANSWER_MTI.get(mti) or f"{int(mti) + 10:04d}"
         if resp.msg.mti != want_mti:
             self.stats.error(f"{kind}: MTI {resp.msg.mti}, expected {want_mti}")
         if not self.cfg.ceiling and resp.msg.stan != fields[11]:
@@ -315,7 +351,26 @@ class Worker:
 
     def card(self) -> tuple[int, rq.Card]:
         seq = self.rng.randint(*self.cfg.cards)
-        return seq, rq.Card(demo_pan(seq), EXPIRY)
+        return seq, demo_card(seq)[0]
+
+    def pick(self) -> str:
+        """The next kind by the mix's weights: ``rng.choices`` without its set-up per call."""
+        cum = self._cum_weights
+        return self.kinds[bisect(cum, self.rng.random() * cum[-1], 0, len(cum) - 1)]
+
+    def sale_request(self, seq: int, amount: int, stan: str) -> dict[int, object]:
+        """The fields of ``rq.sale`` for a demo card: the batch's template plus four fields."""
+        t = self.term
+        if self._sale_batch != t.batch:
+            _, self._sale_template = rq.sale(t.ident, demo_card(seq)[0], stan, amount, PIN, t.pik)
+            self._sale_batch = t.batch
+        _, track2, clear_block = demo_card(seq)
+        fields = self._sale_template.copy()
+        fields[4] = amount
+        fields[11] = stan
+        fields[35] = track2
+        fields[52] = t.pik.encrypt(clear_block)  # type: ignore[union-attr]
+        return fields
 
     def amount(self) -> int:
         return self.rng.randint(1_00, 99_99)
@@ -324,12 +379,12 @@ class Worker:
 
     async def sale(self, t0: float | None, then_reverse: bool = False) -> None:
         t, tally = self.term, self.fleet.tally
-        seq, card = self.card()
+        seq = self.rng.randint(*self.cfg.cards)
         amount = self.amount()
         stan = t.next_stan()
-        mti, fields = rq.sale(t.ident, card, stan, amount, PIN, t.pik)
+        fields = self.sale_request(seq, amount, stan)
         self.to_reverse = (fields, seq, 0)
-        resp = await self.call("sale", mti, fields, t0)
+        resp = await self.call("sale", "0200", fields, t0)
         self.to_reverse = None
         if not self.expect("sale", resp) or self.cfg.ceiling:
             return
@@ -343,7 +398,7 @@ class Worker:
                 return
         self.debits[0] += amount
         self.debits[1] += 1
-        self.open_sales.append(OpenSale(t.remember("sale", resp, stan), seq, amount))
+        self.open_sales.append(OpenSale(resp.msg, t.batch, stan, seq, amount))
 
     async def balance(self, t0: float | None) -> None:
         t = self.term
@@ -357,7 +412,7 @@ class Worker:
             return
         t, tally = self.term, self.fleet.tally
         o = self.open_sales.popleft()
-        card = rq.Card(demo_pan(o.seq), EXPIRY)
+        card = demo_card(o.seq)[0]
         if kind == "void":
             amount = o.amount
             mti, fields = rq.void(t.ident, card, t.next_stan(), amount, o.orig)
@@ -463,7 +518,6 @@ class Worker:
         fleet.signed_on(True)
         await fleet.go.wait()
         stop_at = fleet.stop_at
-        kinds, weights = list(self.cfg.mix), list(self.cfg.mix.values())
         interval = self.cfg.terminals / self.cfg.rate if self.cfg.rate else 0.0
         next_t = fleet.window_start + self.rng.random() * interval
         while True:
@@ -480,7 +534,7 @@ class Worker:
                 t0, next_t = min(next_t, time.perf_counter()), next_t + interval
             elif time.perf_counter() >= stop_at:
                 break
-            kind = self.rng.choices(kinds, weights)[0]
+            kind = self.pick()
             try:
                 await self.step(kind, t0)
                 full = max(self.debits[1], self.credits[1]) >= self.cfg.batch_full

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from bench import procs, terminal
-from bench.fleet import FleetConfig, Tally, run_fleet
+from bench.fleet import PIN, Fleet, FleetConfig, Tally, Worker, demo_card, run_fleet
+from fastpath import requests as rq
+from fastpath.crypto import DesKey
 
 PER_MERCHANT = 20
 CARDS = 40
@@ -31,6 +34,27 @@ def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[procs.Proc]:
     proc = procs.start_switch(conf, work / "switch.log")
     yield proc
     assert proc.stop() == 0  # drains and exits cleanly
+
+
+def test_fast_sale_fields_equal_the_builders() -> None:
+    """The fleet's per-batch sale template gives exactly ``rq.sale``'s fields and PIN block."""
+    w = Worker(Fleet(FleetConfig(terminals=1)), 0)
+    t = w.term
+    t.pik = DesKey(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+    for seq, amount, batch in ((4, 1_00, "000001"), (977, 99_99, "000001"), (12, 5_55, "000002")):
+        t.batch = batch
+        stan = t.next_stan()
+        want = rq.sale(t.ident, demo_card(seq)[0], stan, amount, PIN, t.pik)[1]
+        assert w.sale_request(seq, amount, stan) == want
+
+
+def test_pick_follows_the_mix_as_choices_does() -> None:
+    cfg = FleetConfig(terminals=1, mix={"sale": 70, "void": 20, "preauth": 10})
+    w = Worker(Fleet(cfg), 0)
+    ref = random.Random()
+    ref.setstate(w.rng.getstate())
+    kinds, weights = list(cfg.mix), list(cfg.mix.values())
+    assert [w.pick() for _ in range(500)] == [ref.choices(kinds, weights)[0] for _ in range(500)]
 
 
 def one_shot(switch: procs.Proc, kind: str, tid: str, capsys: pytest.CaptureFixture[str],
