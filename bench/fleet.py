@@ -64,6 +64,10 @@ OPEN_SALES = 16
 #: Settlement counts are n3 (PROTOCOL.md §3): a terminal settles before its batch
 #: holds more, as real terminals do when their batch is full.
 BATCH_FULL = 990
+#: What a run of sales returns when the batch is full: settle before the next step.
+FULL = "full"
+#: How often the fleet looks for sales whose answer is overdue (one timer for the fleet).
+WATCHDOG_S = 0.1
 #: The answer's MTI to each request's (the request's + 10).
 ANSWER_MTI = {m: f"{int(m) + 10:04d}" for m in ("0100", "0200", "0220", "0400", "0500", "0800")}
 
@@ -166,6 +170,9 @@ class Link(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.closed = False
+        # While its worker runs sales from callbacks (Worker.run_sales), every
+        # frame goes straight to it: no queue, no future, no task wake-up per answer.
+        self.hot: Worker | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -174,7 +181,10 @@ class Link(asyncio.Protocol):
         try:
             self.splitter.feed(data)
             while (body := self.splitter.next_frame()) is not None:
-                self.frames.append(body)
+                if (hot := self.hot) is not None:
+                    hot.on_frame(body)
+                else:
+                    self.frames.append(body)
         except FrameError:
             self.closed = True
             if self.transport is not None:
@@ -183,6 +193,8 @@ class Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.hot is not None:
+            self.hot.fail(Unanswered("connection closed"))
         self._wake()
 
     def _wake(self) -> None:
@@ -263,6 +275,15 @@ class Worker:
         self._sale_batch = ""
         self._sale_template: dict[int, object] = {}
         self.kinds = list(self.cfg.mix)
+        # Pacing and the run of sales driven from callbacks (run_sales).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_at = 0.0
+        self.interval = 0.0
+        self.next_t = 0.0
+        self.deadline = 0.0  # when the sale in flight is overdue (0: none in flight)
+        self._run: asyncio.Future[tuple[str, float | None] | None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._inflight: tuple[dict[int, object], int, int, str, float] | None = None
         self._cum_weights = list(itertools.accumulate(self.cfg.mix.values()))
 
     # -- connection ----------------------------------------------------------
@@ -319,7 +340,11 @@ class Worker:
         assert self.link is not None
         start = time.perf_counter() if t0 is None else t0
         self.link.send(self.term.frame(mti, fields))
-        body = await self.link.recv(self.cfg.timeout)
+        return self.check(kind, mti, fields, await self.link.recv(self.cfg.timeout), start)
+
+    def check(self, kind: str, mti: str, fields: dict[int, object], body: bytes,
+              start: float) -> Response:  # fmt: skip
+        """Decode an answer and check it as a terminal does: MAC, MTI, STAN; record it."""
         now = time.perf_counter()
         try:
             resp = self.term.read(body)
@@ -399,6 +424,121 @@ class Worker:
         self.debits[0] += amount
         self.debits[1] += 1
         self.open_sales.append(OpenSale(resp.msg, t.batch, stan, seq, amount))
+
+    # -- sales from callbacks ------------------------------------------------------
+    #
+    # The bulk of any mix is sales, one after another. A coroutine per request
+    # cost a future, a timer, a task wake-up and five generator frames resumed
+    # per answer; so a run of sales is driven from the connection's callbacks:
+    # each answer is checked (the same ``check`` and ``expect``) and the next
+    # sale sent from ``data_received``. The run ends, resolving one future,
+    # when the mix picks another kind (the task runs it as before), the batch
+    # is full, the time is up, or on a failure (the task reconnects and
+    # reverses ``to_reverse`` as before). Overdue answers are found by the
+    # fleet's watchdog from ``deadline``, instead of a timer per request.
+
+    def run_sales(self) -> asyncio.Future[tuple[str, float | None] | None]:
+        """Sales until the mix picks another kind: then ``(kind, t0)``; FULL; None at the end."""
+        assert self.link is not None and self.loop is not None
+        self._run = fut = self.loop.create_future()
+        self.link.hot = self
+        self._safely(self._next_step)
+        return fut
+
+    def _safely(self, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:  # a callback must not raise into the event loop
+            self.fail(exc)
+
+    def _next_step(self) -> None:
+        if not self.interval:
+            if time.perf_counter() >= self.stop_at:
+                self._finish(None)
+            else:
+                self._start(None)
+            return
+        if self.next_t >= self.stop_at:
+            self._finish(None)
+            return
+        delay = self.next_t - time.perf_counter()
+        if delay > 0:
+            self._timer = self.loop.call_later(delay, self._safely, self._due)  # type: ignore[union-attr]
+        else:
+            self._due()
+
+    def _due(self) -> None:
+        # Latency from the scheduled moment (see main).
+        self._timer = None
+        t0, self.next_t = min(self.next_t, time.perf_counter()), self.next_t + self.interval
+        self._start(t0)
+
+    def _start(self, t0: float | None) -> None:
+        if self._run is None or self._run.done():  # the task was cancelled: stop sending
+            self._end_run()
+            return
+        kind = "sale" if self.cfg.ceiling else self.pick()
+        if kind != "sale":
+            self._finish((kind, t0))
+            return
+        seq = self.rng.randint(*self.cfg.cards)
+        amount = self.amount()
+        stan = self.term.next_stan()
+        fields = self.sale_request(seq, amount, stan)
+        self.to_reverse = (fields, seq, 0)
+        start = time.perf_counter() if t0 is None else t0
+        self._inflight = (fields, seq, amount, stan, start)
+        self.deadline = time.perf_counter() + self.cfg.timeout
+        self.link.send(self.term.frame("0200", fields))  # type: ignore[union-attr]
+
+    def on_frame(self, body: bytes) -> None:
+        """An answer while a run of sales is on (from ``Link.data_received``)."""
+        inflight = self._inflight
+        if inflight is None:
+            self.stats.error("sale: a frame with no request in flight")
+            return
+        self._inflight = None
+        self.deadline = 0.0
+        fields, seq, amount, stan, start = inflight
+        try:
+            resp = self.check("sale", "0200", fields, body, start)
+            self.to_reverse = None
+            if self.expect("sale", resp) and not self.cfg.ceiling:
+                self.fleet.tally.add(seq, amount)
+                self.debits[0] += amount
+                self.debits[1] += 1
+                self.open_sales.append(OpenSale(resp.msg, self.term.batch, stan, seq, amount))
+                if self.debits[1] >= self.cfg.batch_full:
+                    self._finish((FULL, None))
+                    return
+            self._next_step()
+        except Exception as exc:
+            self.fail(exc)
+
+    def expire(self, now: float) -> None:
+        """The watchdog: the sale in flight is overdue."""
+        if self.deadline and now >= self.deadline:
+            self.fail(Unanswered("timeout"))
+
+    def _end_run(self) -> asyncio.Future[tuple[str, float | None] | None] | None:
+        if self.link is not None:
+            self.link.hot = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inflight = None
+        self.deadline = 0.0
+        fut, self._run = self._run, None
+        return fut if fut is not None and not fut.done() else None
+
+    def _finish(self, result: tuple[str, float | None] | None) -> None:
+        if (fut := self._end_run()) is not None:
+            fut.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run with ``exc``; ``to_reverse`` still names a sale left unanswered."""
+        if (fut := self._end_run()) is not None:
+            fut.set_exception(exc)
 
     async def balance(self, t0: float | None) -> None:
         t = self.term
@@ -517,26 +657,23 @@ class Worker:
             return
         fleet.signed_on(True)
         await fleet.go.wait()
-        stop_at = fleet.stop_at
-        interval = self.cfg.terminals / self.cfg.rate if self.cfg.rate else 0.0
-        next_t = fleet.window_start + self.rng.random() * interval
+        self.loop = asyncio.get_running_loop()
+        self.stop_at = stop_at = fleet.stop_at
+        self.interval = self.cfg.terminals / self.cfg.rate if self.cfg.rate else 0.0
+        # Latency from the scheduled moment: a late start is the system's delay
+        # too (no coordinated omission). uvloop's timers round to the
+        # millisecond and may wake a little early: then from the send.
+        self.next_t = fleet.window_start + self.rng.random() * self.interval
         while True:
-            t0 = None
-            if interval:
-                if next_t >= stop_at:
-                    break
-                delay = next_t - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                # Latency from the scheduled moment: a late start is the system's delay
-                # too (no coordinated omission). uvloop's timers round to the
-                # millisecond and may wake a little early: then from the send.
-                t0, next_t = min(next_t, time.perf_counter()), next_t + interval
-            elif time.perf_counter() >= stop_at:
-                break
-            kind = self.pick()
+            # Sales run from callbacks until the mix picks another kind (see run_sales).
+            kind = "sale"
             try:
-                await self.step(kind, t0)
+                picked = await self.run_sales()
+                if picked is None:
+                    break
+                kind, t0 = picked
+                if kind != FULL:
+                    await self.step(kind, t0)
                 full = max(self.debits[1], self.credits[1]) >= self.cfg.batch_full
                 if full and not self.cfg.ceiling:
                     await self.settle_full_batch()
@@ -614,6 +751,7 @@ class Fleet:
         self.stats.window_end = self.stop_at
         self.go.set()
         reporter = asyncio.create_task(self._progress(on_progress))
+        watchdog = asyncio.create_task(self._watchdog(workers))
         try:
             # Bounded: the run, then time for the last answers, reconnects and settlement.
             _, late = await asyncio.wait(tasks, timeout=self.cfg.warmup + self.cfg.duration
@@ -625,10 +763,20 @@ class Fleet:
                 await asyncio.wait(late)
         finally:
             reporter.cancel()
+            watchdog.cancel()
             gc.unfreeze()
             if gc_was_enabled:
                 gc.enable()
         return self.stats
+
+    async def _watchdog(self, workers: list[Worker]) -> None:
+        """Time out overdue sales of every worker's run (one timer instead of one per request)."""
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            now = time.perf_counter()
+            for w in workers:
+                if w.deadline:
+                    w.expire(now)
 
     async def _progress(self, out: Callable[[str], None] | None) -> None:
         if out is None:
