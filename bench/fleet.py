@@ -67,7 +67,7 @@ BATCH_FULL = 990
 #: What a run of sales returns when the batch is full: settle before the next step.
 FULL = "full"
 #: How often the fleet looks for sales whose answer is overdue (one timer for the fleet).
-WATCHDOG_S = 0.1
+WATCHDOG_S = 0.25
 #: The answer's MTI to each request's (the request's + 10).
 ANSWER_MTI = {m: f"{int(m) + 10:04d}" for m in ("0100", "0200", "0220", "0400", "0500", "0800")}
 
@@ -515,11 +515,6 @@ class Worker:
         except Exception as exc:
             self.fail(exc)
 
-    def expire(self, now: float) -> None:
-        """The watchdog: the sale in flight is overdue."""
-        if self.deadline and now >= self.deadline:
-            self.fail(Unanswered("timeout"))
-
     def _end_run(self) -> asyncio.Future[tuple[str, float | None] | None] | None:
         if self.link is not None:
             self.link.hot = None
@@ -775,8 +770,8 @@ class Fleet:
             await asyncio.sleep(WATCHDOG_S)
             now = time.perf_counter()
             for w in workers:
-                if w.deadline:
-                    w.expire(now)
+                if 0.0 < w.deadline <= now:
+                    w.fail(Unanswered("timeout"))
 
     async def _progress(self, out: Callable[[str], None] | None) -> None:
         if out is None:

@@ -23,14 +23,15 @@ class TerminalError(Exception):
     """An answer a terminal must refuse: bad MAC, bad keys, not a frame."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Response:
     msg: Message
     mac_ok: bool | None  # None: the answer carries no MAC
+    # Decoded once: a caller reads it several times per answer.
+    rc: str | None = field(init=False)
 
-    @property
-    def rc(self) -> str | None:
-        return self.msg.response_code
+    def __post_init__(self) -> None:
+        self.rc = self.msg.response_code
 
 
 @dataclass
