@@ -7,6 +7,7 @@ asyncio/uvloop generator and the trio switch each have their own process.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import random
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from bench import procs, terminal
 from bench.fleet import PIN, Fleet, FleetConfig, Tally, Worker, demo_card, run_fleet
@@ -123,6 +125,31 @@ def test_full_batches_settle_mid_run(switch: procs.Proc) -> None:
     assert int(s["settlements"]) > 2  # type: ignore[call-overload]
     assert s["settlements_balanced"] == s["settlements"]
     assert int(s["sign_ons"]) == int(s["settlements"])  # type: ignore[call-overload]
+
+
+def test_a_run_of_sales_survives_dropped_connections(switch: procs.Proc) -> None:
+    """A connection lost mid-run: the sale in flight is reversed after a new sign-on."""
+    cfg = FleetConfig(port=switch.port, terminals=4, duration=2.0, first=24, mix={"sale": 1},
+                      per_merchant=PER_MERCHANT, cards=(4, CARDS), tolerate_failures=True,
+                      progress=False)  # fmt: skip
+
+    async def go() -> dict:
+        fleet = Fleet(cfg)
+        run = asyncio.create_task(fleet.run(None))
+        await fleet.go.wait()
+        await asyncio.sleep(0.7)
+        for w in fleet.workers:
+            assert w.link is not None and w.link.transport is not None
+            w.link.transport.abort()
+        return (await run).summary()
+
+    s = uvloop.run(go())
+    assert s["errors"] == 0, s["error_kinds"]
+    assert dict(s["tolerated"]).get("sale: connection closed", 0) >= 1  # type: ignore[call-overload]
+    assert int(s["sign_ons"]) > 4  # type: ignore[call-overload]
+    assert dict(s["codes"]).get("reversal:00", 0) >= 1  # type: ignore[call-overload]
+    # A fast switch also fills batches (990 sales) and settles them mid-run.
+    assert s["settlements_balanced"] == s["settlements"] >= 4
 
 
 def test_load_cli_json(switch: procs.Proc, tmp_path: Path) -> None:
