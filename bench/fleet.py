@@ -12,7 +12,10 @@ anything else is counted as an error, never silently accepted.
 Why asyncio on uvloop with a bare ``asyncio.Protocol`` (no streams): the
 generator shares the machine with the switch and must cost as little CPU
 per request as possible; the frame splitter, codec, MAC and PIN block are
-the compiled ``fastpath`` ones.
+the compiled ``fastpath`` ones. Sales, the bulk of any mix, run from the
+connection's callbacks (``Worker.run_sales``): no future, timer or task
+wake-up per request; their timeouts come from one fleet watchdog and, at a
+target rate, their start from one millisecond-tick pacer.
 
 Bounds: every loop ends by itself. A terminal stops starting steps at the
 end of the run, every receive has a timeout, reconnects back off and stop at
