@@ -102,7 +102,7 @@ class Transactions(Base):
     timeout_s: float = 5.0  # answer 96/98 when a transaction cannot finish in time
     # Transactions in progress at once per switch process; more wait in order
     # (switchd/admission.py). Size it above peak rate x transaction time.
-    max_in_flight: int = 512
+    max_in_flight: int = 1024
     # Longest a request waits for one of those slots before it is answered 96
     # with nothing done; once admitted it has timeout_s of its own.
     queue_timeout_s: float = 5.0
