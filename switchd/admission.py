@@ -137,6 +137,7 @@ class Admission:
         task = next(iter(waiters))
         del waiters[task]
         trio.lowlevel.reschedule(task, outcome.Value(admitted))
+
     def _turned_away(self, wait_s: float) -> None:
         metrics.SHED.inc()
         self._shed += 1
