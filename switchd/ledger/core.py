@@ -725,9 +725,7 @@ class _Batch:
             return Result(RC.ID_INVALID)
         idb = i.to_bytes(16, "big")
         di, ci, amount, code = op.debit_account_id, op.credit_account_id, op.amount, op.code
-        h = _FP_EMPTY.copy()  # _fp, written out
-        h.update(f"T|{di}|{ci}|{amount}|{code}|False|0|0|None".encode())
-        fp = h.digest()
+        fp = _fp(f"T|{di}|{ci}|{amount}|{code}|False|0|0|None")
         transfers = self.transfers
         if idb in transfers or idb in self.rejections:
             return self._dup(idb, fp)  # type: ignore[return-value]
@@ -769,23 +767,23 @@ class _Batch:
         x = _Xfer(idb, _POSTED, did, cid, amount, None, None, 0, fp)
         if meta is None:
             row: tuple[object, ...] = (
-                bytearray(idb),
+                _blob(idb),
                 d.blob,
                 c.blob,
                 amount,
                 code,
-                bytearray(fp),
+                _blob(fp),
                 now,
                 *_NO_META,
             )
         else:
             row = (
-                bytearray(idb),
+                _blob(idb),
                 d.blob,
                 c.blob,
                 amount,
                 code,
-                bytearray(fp),
+                _blob(fp),
                 now,
                 meta.terminal_id,
                 meta.merchant_id or None,
