@@ -379,8 +379,14 @@ class Worker:
             self.stats.error(f"{kind}: rc {resp.rc}, expected {want}")
         return False
 
+    def card_seq(self) -> int:
+        """A demo card's sequence, uniform over ``cfg.cards`` (both ends included)."""
+        # From random() directly: randint's rejection sampling cost twice as
+        # much, and the callback path draws a card for every sale.
+        return self._card_lo + int(self.rng.random() * self._card_span)
+
     def card(self) -> tuple[int, rq.Card]:
-        seq = self.rng.randint(*self.cfg.cards)
+        seq = self.card_seq()
         return seq, demo_card(seq)[0]
 
     def pick(self) -> str:
@@ -403,13 +409,14 @@ class Worker:
         return fields
 
     def amount(self) -> int:
-        return self.rng.randint(1_00, 99_99)
+        """1.00 to 99.99, uniform (as card_seq: from random() directly)."""
+        return 1_00 + int(self.rng.random() * 99_00)
 
     # -- steps -------------------------------------------------------------------
 
     async def sale(self, t0: float | None, then_reverse: bool = False) -> None:
         t, tally = self.term, self.fleet.tally
-        seq = self.rng.randint(*self.cfg.cards)
+        seq = self.card_seq()
         amount = self.amount()
         stan = t.next_stan()
         fields = self.sale_request(seq, amount, stan)
@@ -426,9 +433,13 @@ class Worker:
             if self.expect("reversal", rev):
                 tally.add(seq, -amount)
                 return
+        self._keep_sale(resp, stan, seq, amount)
+
+    def _keep_sale(self, resp: Response, stan: str, seq: int, amount: int) -> None:
+        """An approved sale stays: in the batch's debits, and open for a void or refund."""
         self.debits[0] += amount
         self.debits[1] += 1
-        self.open_sales.append(OpenSale(resp.msg, t.batch, stan, seq, amount))
+        self.open_sales.append(OpenSale(resp.msg, self.term.batch, stan, seq, amount))
 
     # -- sales from callbacks ------------------------------------------------------
     #
@@ -489,11 +500,8 @@ class Worker:
         if kind != "sale":
             self._finish((kind, t0))
             return
-        # Uniform draws from random() directly: randint's rejection sampling cost
-        # twice as much, on every sale.
-        rnd = self.rng.random
-        seq = self._card_lo + int(rnd() * self._card_span)
-        amount = 1_00 + int(rnd() * 99_00)
+        seq = self.card_seq()
+        amount = self.amount()
         stan = self.term.next_stan()
         fields = self.sale_request(seq, amount, stan)
         self.to_reverse = (fields, seq, 0)
@@ -516,9 +524,7 @@ class Worker:
             self.to_reverse = None
             if self.expect("sale", resp) and not self.cfg.ceiling:
                 self.fleet.tally.add(seq, amount)
-                self.debits[0] += amount
-                self.debits[1] += 1
-                self.open_sales.append(OpenSale(resp.msg, self.term.batch, stan, seq, amount))
+                self._keep_sale(resp, stan, seq, amount)
                 if self.debits[1] >= self.cfg.batch_full:
                     self._finish((FULL, None))
                     return
