@@ -79,8 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         async def main_task() -> None:
             async with trio.open_nursery() as nursery:
                 await nursery.start(switch.run)
-                for host, port in switch.addresses:
-                    print(f"switchd: terminals on {host}:{port}", flush=True)
+                if args.worker:
+                    from switchd.supervisor import tell_ready
+
+                    tell_ready()
+                else:
+                    for host, port in switch.addresses:
+                        print(f"switchd: terminals on {host}:{port}", flush=True)
                 print(f"switchd: HSM at {switch.hsm_address}", flush=True)
                 if switch.admin_port is not None:
                     print(f"switchd: admin API on {cfg.admin.host}:{switch.admin_port}",

@@ -38,6 +38,8 @@ RESTART_MAX_S = 30.0
 #: How long workers get to drain after SIGTERM before they are killed.
 DRAIN_TIMEOUT_S = 60.0
 POLL_S = 0.2
+#: The environment variable naming a worker's ready pipe.
+READY_FD_ENV = "SWITCHD_READY_FD"
 
 
 def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
@@ -71,9 +73,12 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
     procs: list[subprocess.Popen[bytes] | None] = [None] * workers
     backoff = [RESTART_MIN_S] * workers
     next_start = [0.0] * workers
-    for host_port in cfg.listeners:
-        print(f"switchd: terminals on {host_port.host}:{host_port.port} ({workers} workers)",
-              flush=True)  # fmt: skip
+    # Each worker writes a byte to its pipe once it listens; the port is
+    # announced when all of them have, not before (a client reading the line
+    # and connecting at once would otherwise be refused).
+    ready_pipes: list[int | None] = [None] * workers
+    ready = [False] * workers
+    announced = False
     while not stopping["signal"]:
         now = time.monotonic()
         for i, proc in enumerate(procs):
@@ -85,8 +90,16 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
                 next_start[i] = now + backoff[i]
                 backoff[i] = min(backoff[i] * 2, RESTART_MAX_S)
             if procs[i] is None and now >= next_start[i]:
-                procs[i] = subprocess.Popen(argv, env={**env, "SWITCHD_WORKER": str(i)})
+                procs[i], ready_pipes[i] = _spawn(argv, env, i, ready_pipes[i])
+                ready[i] = False
                 log.info("worker %d started (pid %d)", i, procs[i].pid)  # type: ignore[union-attr]
+        for i, pipe in enumerate(ready_pipes):
+            ready[i] = ready[i] or _said_ready(pipe)
+        if not announced and all(ready):
+            announced = True
+            for host_port in cfg.listeners:
+                print(f"switchd: terminals on {host_port.host}:{host_port.port}"
+                      f" ({workers} workers)", flush=True)  # fmt: skip
         while forwarded:
             sig = forwarded.pop()
             for proc in procs:
@@ -109,6 +122,46 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
             rc = proc.wait()
         code = code or (rc if rc > 0 else 0)
     return code
+
+
+def _spawn(argv: list[str], env: dict[str, str], i: int,
+           old_pipe: int | None) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+    """Start worker i with a fresh ready pipe; its process and the pipe's read end."""
+    if old_pipe is not None:
+        os.close(old_pipe)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    try:
+        proc = subprocess.Popen(argv, pass_fds=(write,),
+                                env={**env, "SWITCHD_WORKER": str(i), READY_FD_ENV: str(write)})
+    except BaseException:
+        os.close(read)
+        raise
+    finally:
+        os.close(write)
+    return proc, read
+
+
+def _said_ready(pipe: int | None) -> bool:
+    """Whether the worker behind `pipe` has just said it listens (its one byte)."""
+    if pipe is None:
+        return False
+    try:
+        return os.read(pipe, 1) != b""
+    except BlockingIOError:
+        return False
+
+
+def tell_ready() -> None:
+    """In a worker that listens: one byte on the pipe the supervisor gave it."""
+    fd = os.environ.get(READY_FD_ENV)
+    if fd is None:
+        return
+    try:
+        os.write(int(fd), b"r")
+        os.close(int(fd))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot tell the supervisor this worker is ready: %s", exc)
 
 
 def _mark_dead(pid: int) -> None:

@@ -40,19 +40,20 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchd.cli", "run", "--workers", "2", "--config", str(cfg_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         addr = ("127.0.0.1", port)
+        assert proc.stdout is not None
         with trio.fail_after(60):
-            while len(worker_pids(proc.pid)) < 2:
-                await trio.sleep(0.2)
-            while True:  # until a worker listens
-                try:
-                    (await trio.open_tcp_stream(*addr)).socket.close()
-                    break
-                except OSError:
-                    await trio.sleep(0.2)
+            line = b""
+            while b"terminals on" not in line:  # the workers print their HSM's address
+                line = await trio.to_thread.run_sync(proc.stdout.readline)
+        # The port is announced once both workers listen: a client that
+        # connects on reading the line is not refused.
+        assert line.decode() == f"switchd: terminals on 127.0.0.1:{port} (2 workers)\n"
+        assert len(worker_pids(proc.pid)) == 2
+        (await trio.open_tcp_stream(*addr)).socket.close()
         terms: list[Conn] = []
         for i in range(8):
             c = await connect_to(addr, f"{10000001 + i}", "898100012340001")
