@@ -70,6 +70,7 @@ _OK = Result(RC.OK)
 _OK_ONLY = (_OK,)
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
+_REVERSE = TransferType.REVERSE.value
 #: Fingerprint of a rejection recorded for an id nobody submitted yet: a
 #: transfer reversed before it arrived. Real fingerprints are hashes, never this.
 TOMBSTONE = bytes(16)
@@ -427,13 +428,20 @@ class _Batch:
         # through the same accounts has committed and is seen (a duplicate),
         # instead of both evaluating it.
         if refs:
-            for row in store.load_states(sorted(refs)):
-                self.states[row[0]] = _State(row)
+            # Transfers are immutable: read before any lock, they tell which
+            # states to lock too. Reversing a reversal makes what it reversed
+            # reversible again (_reverse), so that transfer's state is locked
+            # with the others, in the one ascending order.
+            states = set(refs)
             for row in store.load_transfers(sorted(refs)):
                 x = _Xfer(*row)
                 self.transfers[x.id] = x
                 accts.add(x.debit)
                 accts.add(x.credit)
+                if x.type == _REVERSE and x.ref is not None and x.id in reversed_ids:
+                    states.add(x.ref)
+            for row in store.load_states(sorted(states)):
+                self.states[row[0]] = _State(row)
         cache = self.cache
         if cache is not None and accts:
             accounts = self.accounts
@@ -1013,6 +1021,13 @@ class _Batch:
         self._move(d, c, orig.amount, 0)
         self._touch_state(st)
         st.reversed_by = idb
+        if orig.type == _REVERSE and orig.ref is not None:
+            # A reversal undone (a terminal's 0400 for its void) puts back what
+            # it had reversed: the sale stands and may be voided again.
+            undone = self.states.get(orig.ref)
+            if undone is not None and undone.reversed_by == orig.id:
+                self._touch_state(undone)
+                undone.reversed_by = None
         x = _Xfer(
             *(
                 idb,

@@ -164,6 +164,46 @@ async def test_a_member_failed_by_its_group_never_lets_another_group_post_in_par
         assert await ledger.audit() == []
 
 
+async def test_a_void_reversed_by_its_0400_leaves_the_sale_voidable_again(
+    config: LedgerConfig,
+) -> None:
+    """Void, the void's reversal (the terminal never saw the void's answer),
+    then a new void of the same sale: the sale stands again after the first
+    undo, so the second void is approved, and the money ends where one void
+    puts it. Reversing a reversal twice over works the same way."""
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=100_000)
+        tid, mid = "T0000002", "M0001"
+        sale = Request(tid, mid, 1, 1)
+        res = await ledger.submit_linked(flows.sale(sale, c.card, c.merchant, c.fee, 10_000, 60))
+        assert all(r.ok for r in res)
+        legs = await ledger.request_transfers(tid, 1, 1, "sale")
+        void1 = Request(tid, mid, 1, 2)
+        assert all(r.ok for r in await ledger.submit_linked(flows.undo(void1, "void", legs)))
+        undo1 = await ledger.request_transfers(tid, 1, 2, "void")
+        res = await ledger.submit_linked(flows.undo(Request(tid, mid, 1, 2), "reversal", undo1))
+        assert all(r.ok for r in res), res
+        assert (await ledger.account(c.card)).balance == 90_000  # type: ignore[union-attr]
+        void2 = Request(tid, mid, 1, 3)
+        res = await ledger.submit_linked(flows.undo(void2, "void", legs))
+        assert [r.code for r in res] == [RC.OK, RC.OK]
+        assert (await ledger.account(c.card)).balance == 100_000  # type: ignore[union-attr]
+        assert (await ledger.account(c.fee)).balance == 0  # type: ignore[union-attr]
+        # Still reversed once only: a third void by another id is refused.
+        res = await ledger.submit_linked(flows.undo(Request(tid, mid, 1, 4), "void", legs))
+        assert res[0].code is RC.ALREADY_REVERSED
+        # The chain in one batch: sale, void, the void's reversal, a new void.
+        s2 = Request(tid, mid, 1, 5)
+        res = await ledger.submit_linked(flows.sale(s2, c.card, c.merchant, c.fee, 500, 3))
+        assert all(r.ok for r in res)
+        leg0 = s2.id("sale", 0)
+        ops = [Reverse(880, leg0, "void"), Reverse(881, 880, "reversal"),
+               Reverse(882, leg0, "void")]  # fmt: skip
+        assert [r.code for r in await ledger.submit(ops)] == [RC.OK, RC.OK, RC.OK]
+        assert (await ledger.account(c.card)).balance == 100_000  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+
+
 async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger, funds=100_000)

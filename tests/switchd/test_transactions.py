@@ -143,6 +143,27 @@ async def test_void_and_its_errors(switch: Switch) -> None:
     assert r.rc == "25"
 
 
+async def test_a_void_reversed_by_the_terminal_can_be_voided_again(switch: Switch) -> None:
+    """The void's answer is lost, the terminal reverses the void (0400), the
+    cashier voids again: the sale stood after the reversal, so the new void
+    is approved, and the card gets its money back once."""
+    c = await signed_on(switch, "10000005")
+    t = c.term
+    stan, r = await sale(c, 28, 50_00)
+    orig = t.remember("sale", r, stan)
+    void_mti, void_fields = rq.void(t.ident, card(28), t.next_stan(), 50_00, orig)
+    assert (await c.call(t.frame(void_mti, void_fields))).rc == "00"
+    assert await available(switch, 28) == 100_000_00
+    r = await c.call(t.frame(*rq.reversal(void_fields, "98")))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 28) == 100_000_00 - 50_00
+    r = await c.call(t.frame(*rq.void(t.ident, card(28), t.next_stan(), 50_00, orig)))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 28) == 100_000_00
+    r = await c.call(t.frame(*rq.void(t.ident, card(28), t.next_stan(), 50_00, orig)))
+    assert r.rc == "12"  # voided, and that void stands
+
+
 async def test_partial_refunds_up_to_the_original(switch: Switch) -> None:
     c = await signed_on(switch)
     t = c.term
