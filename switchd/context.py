@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from math import inf
 
 from fastpath.codec import Message
 from fastpath.crypto import DesKey
@@ -20,6 +21,7 @@ class Txn:
         "batch",
         "card",
         "claimed",
+        "deadline",
         "digest",
         "fields",
         "kind",
@@ -43,6 +45,8 @@ class Txn:
         self.kind = kind
         self.orig_kind = orig_kind
         self.started = time.perf_counter()
+        # When its participants must be done (trio's clock), set once admitted.
+        self.deadline = inf
         self.rc: str | None = None
         self.fields: dict[int, object] = {}
         # The answer header's processing-requirement nibble (PROTOCOL.md §1):

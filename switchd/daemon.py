@@ -225,6 +225,7 @@ class Switch:
             background.start_soon(journal.run)
             background.start_soon(journal.run_loader)
             background.start_soon(self.processor.admission.run)
+            background.start_soon(self.processor.deadlines.run)
             background.start_soon(TXN_LOG.run)
             background.start_soon(st.watch)
             background.start_soon(self._signals)

@@ -86,7 +86,6 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
     """Submit one linked group; set the response code; True when it posted."""
     if not ops:
         return True
-    deadline = trio.current_effective_deadline()
     # No shield needed around the submission: once queued, the ledger's wait
     # cannot be cancelled (engine.py) and the verdict always arrives.
     try:
@@ -99,7 +98,7 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
     if failed:
         txn.decline(codes.from_ledger(failed[0].code))
         return False
-    if trio.current_time() > deadline:
+    if trio.current_time() > txn.deadline:
         # Too late for the terminal: undo what was posted, answer 98. The
         # deadline has passed, so the undo must be shielded from it.
         with trio.CancelScope(shield=True):

@@ -112,3 +112,40 @@ async def test_ledger_slower_than_the_deadline_is_98_and_undone(tmp_path: Path) 
         assert acct is not None and acct.available == 100_000_00
         assert await ledger.audit() == []
         sw.stop()
+
+
+async def test_a_participant_stuck_past_the_deadline_is_96_in_time(tmp_path: Path) -> None:
+    """A step with no timeout of its own (here the journal's lookup, made to hang)
+    is cut by the transaction's deadline: 96, signed, nothing posted, and the
+    next request is served as usual."""
+    sw = Switch(small_config(tmp_path, transactions=Transactions(timeout_s=0.5)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        assert sw.services is not None
+        journal = sw.services.journal
+        real = journal.lookup
+        stuck = {"on": False}
+
+        async def lookup(*args):  # type: ignore[no-untyped-def]
+            if stuck["on"]:
+                await trio.sleep_forever()
+            return await real(*args)
+
+        journal.lookup = lookup  # type: ignore[method-assign]
+        c = await connect(sw)
+        await c.sign_on()
+        t = c.term
+        card = rq.Card(demo_pan(10), "3012")
+        stuck["on"] = True
+        started = trio.current_time()
+        with trio.fail_after(5):
+            r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
+        assert r.rc == "96" and r.mac_ok
+        assert 0.5 <= trio.current_time() - started < 1.5
+        stuck["on"] = False
+        r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
+        assert r.rc == "00"
+        acct = await sw.services.ledger.account(card_account_id(demo_pan(10), sw.services.pan_key))
+        assert acct is not None and acct.available == 100_000_00 - 3_00
+        assert len(sw.processor.deadlines) == 0  # type: ignore[union-attr]
+        sw.stop()
