@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import trio
@@ -13,7 +12,7 @@ from fastpath.kinds import Kind
 from hsm.codec import HsmCommandError
 from hsm.pool import HsmUnavailable
 from switchd import codes, metrics
-from switchd.context import Txn, luhn_ok
+from switchd.context import LOCAL_TIME, Txn, luhn_ok
 from switchd.journal import JournalUnavailable
 from switchd.keys import mak_from_store
 from switchd.ledger import card_account_id
@@ -202,7 +201,7 @@ def _track_expiry(track2: str | None) -> str | None:
 def _expired(yymm: str) -> bool:
     if len(yymm) != 4 or not yymm.isdigit():
         return True
-    return yymm < time.strftime("%y%m")
+    return yymm < LOCAL_TIME.now().yymm
 
 
 async def permitted(p: Processor, txn: Txn) -> None:

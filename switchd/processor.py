@@ -32,7 +32,7 @@ from fastpath.kinds import FINANCIAL, Kind
 from hsm.client import ZPK
 from switchd import checks, codes, metrics
 from switchd.admission import Admission
-from switchd.context import Txn, derived_digits, mask_pan
+from switchd.context import LOCAL_TIME, Txn, derived_digits, mask_pan
 from switchd.deadlines import Deadlines
 from switchd.journal import Entry
 from switchd.jsonlog import log_txn
@@ -205,19 +205,19 @@ class Processor:
         rc = txn.rc or codes.SYSTEM_MALFUNCTION
         fields = txn.fields
         fields[39] = rc
-        now = time.localtime()
-        fields.setdefault(12, time.strftime("%H%M%S", now))
-        fields.setdefault(13, time.strftime("%m%d", now))
+        now = LOCAL_TIME.now()
+        fields.setdefault(12, now.hhmmss)
+        fields.setdefault(13, now.mmdd)
         if txn.kind in FINANCIAL or txn.kind is Kind.REVERSAL:
             echo = FINANCIAL_ECHO
-            fields.setdefault(15, time.strftime("%m%d", now))
+            fields.setdefault(15, now.mmdd)
             fields.setdefault(32, self.cfg.transactions.acquirer_id)
             fields.setdefault(37, self.rrn(txn))
             if rc == codes.APPROVED and txn.kind is not Kind.REVERSAL:
                 fields.setdefault(38, self.auth_code(txn))
         elif txn.kind is Kind.SETTLEMENT:
             echo = SETTLEMENT_ECHO
-            fields.setdefault(15, time.strftime("%m%d", now))
+            fields.setdefault(15, now.mmdd)
         else:
             echo = MANAGEMENT_ECHO
         mak = txn.mak if rc != codes.MAC_ERROR else None
