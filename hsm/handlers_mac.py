@@ -21,8 +21,11 @@ MAC_KEY_TYPES = {"003": TAK, "008": ZAK}
 MAX_MESSAGE = 8192  # bytes of message per command, as payShield's limit for M6
 
 
-def _mac(ctx: HsmContext, r: Reader) -> tuple[str, int, str]:
-    """Read an M6/M8 request up to its message; return (MAC hex, MAC size in H, mode)."""
+def _mac(ctx: HsmContext, r: Reader, verify: bool = False) -> tuple[str, int, str]:
+    """Read an M6/M8 request up to its message; return (MAC hex, MAC size in H, mode).
+
+    `verify`: an M8, whose final block is followed by the MAC to check.
+    """
     mode = r.text(1)
     if mode not in ("0", "1", "2", "3"):
         raise HsmError(errors.INVALID_MODE, "mode flag")
@@ -48,13 +51,18 @@ def _mac(ctx: HsmContext, r: Reader) -> tuple[str, int, str]:
     length = int(r.hex(4), 16)
     if length > 2 * MAX_MESSAGE or (in_fmt != "1" and length > MAX_MESSAGE):
         raise HsmError(errors.INVALID_MESSAGE_LENGTH, "message length")
+    final = mode in ("0", "3")
+    # A length beyond the data is error 06 (THALES.md §5), as is one too long
+    # to accept; an M8's final block leaves room for the MAC after it.
+    after = (8 if size == "0" else 16) if verify and final else 0
+    if length > r.remaining() - after:
+        raise HsmError(errors.INVALID_MESSAGE_LENGTH, "message length beyond the data")
     data = r.take(length)
     if in_fmt == "1":
         try:
             data = binascii.unhexlify(data)
         except (binascii.Error, ValueError):
             raise HsmError(errors.INVALID_INPUT, "hex-encoded message") from None
-    final = mode in ("0", "3")
     if final:
         data = pad(data, int(padding))
     if len(data) % 8 or (final and not data):
@@ -74,7 +82,7 @@ def m6(ctx: HsmContext, r: Reader) -> bytes:
 
 
 def m8(ctx: HsmContext, r: Reader) -> bytes:
-    mac, width, mode = _mac(ctx, r)
+    mac, width, mode = _mac(ctx, r, verify=True)
     if mode in ("1", "2"):
         return b"00" + mac.encode()  # not final yet: hand back the chaining value
     given = r.hex(width)

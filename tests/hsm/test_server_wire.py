@@ -144,6 +144,10 @@ async def test_partial_frames_byte_by_byte(raw_client: Connect) -> None:
         (b"0000M600139003U90A17A99E4BA32475E692D7AAE177BBD0001A", b"0000M709"),
         (b"0000M600130009U90A17A99E4BA32475E692D7AAE177BBD0001A", b"0000M705"),
         (b"0000M600130003U90A17A99E4BA32475E692D7AAE177BBDFFFF", b"0000M706"),
+        # A length beyond the data is 06 too (message length), not 15.
+        (b"0000M600130003U90A17A99E4BA32475E692D7AAE177BBD0010A", b"0000M706"),
+        # An M8 whose length takes in the MAC that should follow it.
+        (b"0000M800130003U90A17A99E4BA32475E692D7AAE177BBD000C12345678ABCD", b"0000M906"),
         (b"\xff\xfe\x00\x01\x80\x81", b"\xff\xfe\x00\x01\x80\x8299"),  # binary junk
     ],
 )
