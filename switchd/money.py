@@ -285,3 +285,13 @@ async def reversal(p: Processor, txn: Txn) -> None:
         # Already undone (by a void, a timeout or an earlier reversal), or
         # nothing to undo: the terminal is told it is done, which it is.
         txn.rc = None
+    elif not posted and txn.orig_kind is Kind.PREAUTH_CANCEL and txn.rc == codes.INSUFFICIENT_FUNDS:
+        # The cancel released the hold and the card has spent the money since:
+        # the hold cannot be held again. The 0400 is answered 00 as the
+        # protocol wants (a terminal retries a refused reversal before every
+        # new request); the pre-authorization stays cancelled, so a completion
+        # of it is refused, and operations hear of it here.
+        log.error("reversal of the pre-auth cancel TID %s STAN %06d: the hold cannot be"
+                  " restored (insufficient funds); the pre-authorization stays cancelled",
+                  txn.terminal.tid, txn.stan)  # fmt: skip
+        txn.rc = None

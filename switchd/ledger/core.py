@@ -71,6 +71,7 @@ _OK_ONLY = (_OK,)
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
 _REVERSE = TransferType.REVERSE.value
+_VOID = TransferType.VOID.value
 #: Fingerprint of a rejection recorded for an id nobody submitted yet: a
 #: transfer reversed before it arrived. Real fingerprints are hashes, never this.
 TOMBSTONE = bytes(16)
@@ -430,15 +431,17 @@ class _Batch:
         if refs:
             # Transfers are immutable: read before any lock, they tell which
             # states to lock too. Reversing a reversal makes what it reversed
-            # reversible again (_reverse), so that transfer's state is locked
-            # with the others, in the one ascending order.
+            # reversible again (_reverse), reversing a void holds its hold
+            # again (_unvoid): that transfer's state is locked with the
+            # others, in the one ascending order.
             states = set(refs)
             for row in store.load_transfers(sorted(refs)):
                 x = _Xfer(*row)
                 self.transfers[x.id] = x
                 accts.add(x.debit)
                 accts.add(x.credit)
-                if x.type == _REVERSE and x.ref is not None and x.id in reversed_ids:
+                if (x.type == _REVERSE or x.type == _VOID) and x.ref is not None \
+                        and x.id in reversed_ids:  # fmt: skip
                     states.add(x.ref)
             for row in store.load_states(sorted(states)):
                 self.states[row[0]] = _State(row)
@@ -1006,11 +1009,11 @@ class _Batch:
         orig = self._original(op.original_id, tombstone=True)
         if orig.type == TransferType.PENDING.value:
             return Result(RC.ORIGINAL_IS_PENDING)
-        if orig.type == TransferType.VOID.value:
-            return Result(RC.ORIGINAL_NOT_POSTED)
         st = self._state_of(orig.id)
         if st.reversed_by is not None:
             return Result(RC.ALREADY_REVERSED)
+        if orig.type == _VOID:
+            return self._unvoid(idb, orig, st, op)
         if st.refunded:
             return Result(RC.ORIGINAL_HAS_REFUNDS)
         # The reversal runs the other way: the original's payee pays it back.
@@ -1040,6 +1043,38 @@ class _Batch:
                 0,
                 self.candidate[1],
             )
+        )  # type: ignore[index]
+        self._insert(x, op.code, op.meta)
+        return _OK
+
+    def _unvoid(self, idb: bytes, void: _Xfer, st: _State, op: Reverse) -> Result:
+        """Reverse a void: the hold it released is held again, as it was.
+
+        A pre-auth cancel is reversible (PROTOCOL.md §3): when the terminal
+        reverses one, the pre-authorization stands again and may still be
+        completed. The new transfer (UNVOID) moves nothing itself; the hold's
+        pending amounts come back, if the payer can still cover them and the
+        hold has not reached its expiry since.
+        """
+        held = self.states.get(void.ref) if void.ref is not None else None
+        if held is None or held.pending_state != PendingState.VOIDED.value \
+                or held.resolved_by != void.id:  # fmt: skip
+            return Result(RC.ORIGINAL_NOT_POSTED)
+        if held.expires_at is not None and self.now >= held.expires_at:
+            return Result(RC.PENDING_EXPIRED)
+        d, c = self.accounts[void.debit], self.accounts[void.credit]
+        if d.closed or c.closed:
+            return Result(RC.ACCOUNT_CLOSED)
+        self._check_debit(d, void.amount)
+        self._move(d, c, 0, void.amount)
+        self._touch_state(held)
+        held.pending_state = _PENDING
+        held.resolved_by = None
+        self._touch_state(st)
+        st.reversed_by = idb
+        x = _Xfer(
+            *(idb, TransferType.UNVOID.value, d.id, c.id, void.amount, void.id, None, 0,
+              self.candidate[1])
         )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK

@@ -112,16 +112,17 @@ def undo(req: Request, kind: str, original: Sequence[TransferRecord]) -> list[Op
 
     `kind` is "void" (sale void), "completion_void", or "reversal" (0400);
     `original` is `Ledger.request_transfers(...)` of the request undone.
-    Posted legs are reversed, a hold is voided. A void leg (a pre-auth cancel)
-    cannot be undone: the hold stays released, as in TigerBeetle; reversing
-    a completion does not restore its hold either. With no original on record
-    (a 0400 that overtook its original) use `undo_missing` instead.
+    Posted legs are reversed, a hold is voided, and a void leg (a pre-auth
+    cancel) is reversed too, which holds its hold again (the ledger's
+    UNVOID). Reversing a completion does not restore its hold. With no
+    original on record (a 0400 that overtook its original) use
+    `undo_missing` instead.
     """
     ops: list[Op] = []
     for leg, rec in enumerate(original):
         if rec.type is TransferType.PENDING:
             ops.append(VoidPending(req.id(kind, leg), rec.id, code=kind, meta=req.meta(kind, leg)))
-        elif rec.type is not TransferType.VOID:
+        else:
             ops.append(Reverse(req.id(kind, leg), rec.id, code=kind, meta=req.meta(kind, leg)))
     return ops
 

@@ -42,6 +42,7 @@ class TransferType(StrEnum):
     VOID = "void"  # voids a pending transfer; moves nothing itself
     REVERSE = "reverse"  # posted, the exact opposite of an earlier posted transfer
     REFUND = "refund"  # posted, credit→debit of an earlier one, partial allowed
+    UNVOID = "unvoid"  # reverses a void: its hold is held again; moves nothing itself
 
 
 class PendingState(StrEnum):

@@ -204,6 +204,41 @@ async def test_a_void_reversed_by_its_0400_leaves_the_sale_voidable_again(
         assert await ledger.audit() == []
 
 
+async def test_a_reversed_void_holds_its_hold_again(config: LedgerConfig) -> None:
+    """A pre-auth cancel reversed by the terminal: the hold stands again and can
+    be completed; not when the payer has spent the money since, nor past the
+    hold's expiry. Reversing the void again is the same answer, once."""
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+        hold = Transfer(90, c.card, c.merchant, 600, "preauth", pending=True, timeout_s=3600)
+        assert (await ledger.execute(hold)).ok
+        assert (await ledger.execute(VoidPending(91, 90, "preauth_cancel"))).ok
+        assert (await ledger.account(c.card)).available == 1_000  # type: ignore[union-attr]
+        for _ in range(2):
+            r = await ledger.execute(Reverse(92, 91, "reversal"))
+            assert r.code is RC.OK
+        assert (await ledger.account(c.card)).available == 400  # type: ignore[union-attr]
+        assert (await ledger.transfer(92)).type is TransferType.UNVOID  # type: ignore[union-attr]
+        assert (await ledger.execute(Reverse(93, 91, "reversal"))).code is RC.ALREADY_REVERSED
+        assert (await ledger.execute(PostPending(94, 90, 500, "completion"))).ok
+        assert (await ledger.account(c.card)).balance == 500  # type: ignore[union-attr]
+        assert (await ledger.account(c.card)).available == 500  # type: ignore[union-attr]
+        # Spent since the cancel: the hold cannot come back.
+        assert (await ledger.execute(Transfer(95, c.card, c.merchant, 300, "preauth",
+                                              pending=True, timeout_s=3600))).ok  # fmt: skip
+        assert (await ledger.execute(VoidPending(96, 95, "preauth_cancel"))).ok
+        assert (await ledger.execute(Transfer(97, c.card, c.merchant, 400, "sale"))).ok
+        assert (await ledger.execute(Reverse(98, 96, "reversal"))).code is RC.INSUFFICIENT_FUNDS
+        # Past its expiry: the hold would have lapsed by now anyway.
+        assert (await ledger.execute(Transfer(99, c.card, c.merchant, 50, "preauth",
+                                              pending=True, timeout_s=1))).ok  # fmt: skip
+        assert (await ledger.execute(VoidPending(100, 99, "preauth_cancel"))).ok
+        await trio.sleep(1.1)
+        assert (await ledger.execute(Reverse(101, 100, "reversal"))).code is RC.PENDING_EXPIRED
+        assert (await ledger.account(c.card)).available == 100  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+
+
 async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger, funds=100_000)

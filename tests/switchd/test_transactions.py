@@ -223,6 +223,48 @@ async def test_preauth_completion_cancel(switch: Switch) -> None:
     assert await available(switch, 17) == 100_000_00 - 115_00
 
 
+async def test_a_reversed_preauth_cancel_leaves_the_preauth_to_complete(switch: Switch) -> None:
+    """Pre-auth cancel is reversible (PROTOCOL.md §3): its 0400 puts the hold
+    back, and the pre-authorization can then be completed."""
+    c = await signed_on(switch, "10000006")
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(29), stan, 200_00, PIN, t.pik)))
+    hold = t.remember("preauth", r, stan)
+    cancel_mti, cancel = rq.preauth_cancel(t.ident, card(29), t.next_stan(), 200_00, hold)
+    assert (await c.call(t.frame(cancel_mti, cancel))).rc == "00"
+    assert await available(switch, 29) == 100_000_00
+    for _ in range(2):  # repeated: held again once
+        r = await c.call(t.frame(*rq.reversal(cancel, "98")))
+        assert r.rc == "00" and r.mac_ok
+        assert await available(switch, 29) == 100_000_00 - 200_00
+    r = await c.call(t.frame(*rq.completion(t.ident, card(29), t.next_stan(), 150_00, hold)))
+    assert r.rc == "00"
+    assert await available(switch, 29) == 100_000_00 - 150_00
+
+
+async def test_a_cancel_reversed_after_the_money_was_spent_is_answered_00(
+    switch: Switch,
+) -> None:
+    """The hold cannot come back (the card spent the money since): the 0400
+    still gets 00, the pre-authorization stays cancelled, and its completion
+    is refused."""
+    c = await signed_on(switch, "10000007")
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(30), stan, 60_000_00, PIN, t.pik)))
+    hold = t.remember("preauth", r, stan)
+    cancel_mti, cancel = rq.preauth_cancel(t.ident, card(30), t.next_stan(), 60_000_00, hold)
+    assert (await c.call(t.frame(cancel_mti, cancel))).rc == "00"
+    assert (await sale(c, 30, 50_000_00))[1].rc == "00"
+    r = await c.call(t.frame(*rq.reversal(cancel, "98")))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 30) == 50_000_00
+    r = await c.call(t.frame(*rq.completion(t.ident, card(30), t.next_stan(), 1_00, hold)))
+    assert r.rc != "00"
+    assert await available(switch, 30) == 50_000_00
+
+
 async def test_completion_over_the_tolerance_is_refused(switch: Switch) -> None:
     c = await signed_on(switch)
     t = c.term
