@@ -67,7 +67,8 @@ MAX_TEXT_LEN = 64
 
 RC = ResultCode
 _OK = Result(RC.OK)
-_OK_ONLY = (_OK,)
+#: The results of a group whose one operation got the plain OK: one shared tuple.
+OK_ONLY = (_OK,)
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
 _REVERSE = TransferType.REVERSE.value
@@ -1276,7 +1277,7 @@ def apply_batch(
             # per operation lived until its caller woke, long enough for the
             # garbage collector to promote it and walk it again (thousands a
             # batch, and they brought on full collections).
-            append(_OK_ONLY if r is _OK else [r])
+            append(OK_ONLY if r is _OK else [r])
         else:
             append(run_group(g))
     store.write(batch.changes())

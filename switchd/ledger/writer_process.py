@@ -38,7 +38,7 @@ from switchd import childproc
 
 from . import metrics
 from .config import LedgerConfig
-from .core import Group
+from .core import OK_ONLY, Group
 from .model import CommitFailed, Result
 
 log = logging.getLogger("switchd.ledger")
@@ -59,7 +59,9 @@ class _Batch(msgspec.Struct, array_like=True):
 
 
 class _Reply(msgspec.Struct, array_like=True):
-    results: list[list[Result]] | None = None
+    #: One entry per group; null for the shared plain OK (`core.OK_ONLY`), which
+    #: nearly every group gets: the parent decodes no Result and no list for it.
+    results: list[Sequence[Result] | None] | None = None
     commit_failed: str | None = None  # CommitFailed's message
     error: str | None = None  # anything else, as repr
 
@@ -109,7 +111,7 @@ class ProcessWriter:
         start = _Start(self.config, logging.getLogger().getEffectiveLevel())
         await self.child.start(_encode(start))
 
-    async def apply(self, groups: Sequence[Group], now_us: int) -> list[list[Result]]:
+    async def apply(self, groups: Sequence[Group], now_us: int) -> list[Sequence[Result]]:
         flight = _Flight(_encode(_Batch(now_us, list(groups))), len(groups))
         async with self._sending:
             self._flights.append(flight)
@@ -129,7 +131,7 @@ class ProcessWriter:
             if self._flights:
                 self._flights[0].turn.set()
         if reply.results is not None:
-            return reply.results
+            return [OK_ONLY if r is None else r for r in reply.results]
         if reply.commit_failed is not None:
             raise CommitFailed(reply.commit_failed)
         raise WriterError(f"ledger writer process: {reply.error}")
@@ -187,7 +189,8 @@ class _Writer(childproc.Handler):
     def handle(self, body: bytes) -> bytes:
         batch = _decode_batch(body)
         try:
-            return _encode(_Reply(results=self.backend.apply(batch.groups, batch.now_us)))
+            results = self.backend.apply(batch.groups, batch.now_us)
+            return _encode(_Reply(results=[None if r is OK_ONLY else r for r in results]))
         except CommitFailed as exc:
             return _encode(_Reply(commit_failed=str(exc)))
         except Exception as exc:
