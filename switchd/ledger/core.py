@@ -69,6 +69,13 @@ RC = ResultCode
 _OK = Result(RC.OK)
 #: The results of a group whose one operation got the plain OK: one shared tuple.
 OK_ONLY = (_OK,)
+
+
+def all_plain_ok(results: Sequence[Result]) -> bool:
+    """Whether every result is the shared plain OK (not a duplicate's, not with a value)."""
+    return results is OK_ONLY or all(r is _OK for r in results)
+
+
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
 _REVERSE = TransferType.REVERSE.value

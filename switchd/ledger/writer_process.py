@@ -27,6 +27,7 @@ switch dies (its socket closes).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ from switchd import childproc
 
 from . import metrics
 from .config import LedgerConfig
-from .core import OK_ONLY, Group
+from .core import OK_ONLY, Group, all_plain_ok
 from .model import CommitFailed, Result
 
 log = logging.getLogger("switchd.ledger")
@@ -59,8 +60,9 @@ class _Batch(msgspec.Struct, array_like=True):
 
 
 class _Reply(msgspec.Struct, array_like=True):
-    #: One entry per group; null for the shared plain OK (`core.OK_ONLY`), which
-    #: nearly every group gets: the parent decodes no Result and no list for it.
+    #: One entry per group; null when every operation of the group got the
+    #: plain OK, as nearly every group does (a sale and its fee, say): the
+    #: parent decodes no Result and no list for it.
     results: list[Sequence[Result] | None] | None = None
     commit_failed: str | None = None  # CommitFailed's message
     error: str | None = None  # anything else, as repr
@@ -83,6 +85,12 @@ class _Flight:
         self.size = size
         self.attempts = 1
         self.turn = trio.Event()  # set when this flight is the oldest: its reply is next
+
+
+@functools.cache
+def _plain_oks(n: int) -> Sequence[Result]:
+    """The results of a group of n operations that all got the plain OK: shared."""
+    return OK_ONLY * n
 
 
 class ProcessWriter:
@@ -131,7 +139,8 @@ class ProcessWriter:
             if self._flights:
                 self._flights[0].turn.set()
         if reply.results is not None:
-            return [OK_ONLY if r is None else r for r in reply.results]
+            return [_plain_oks(len(g.ops)) if r is None else r
+                    for g, r in zip(groups, reply.results, strict=True)]  # fmt: skip
         if reply.commit_failed is not None:
             raise CommitFailed(reply.commit_failed)
         raise WriterError(f"ledger writer process: {reply.error}")
@@ -190,7 +199,7 @@ class _Writer(childproc.Handler):
         batch = _decode_batch(body)
         try:
             results = self.backend.apply(batch.groups, batch.now_us)
-            return _encode(_Reply(results=[None if r is OK_ONLY else r for r in results]))
+            return _encode(_Reply(results=[None if all_plain_ok(r) else r for r in results]))
         except CommitFailed as exc:
             return _encode(_Reply(commit_failed=str(exc)))
         except Exception as exc:
