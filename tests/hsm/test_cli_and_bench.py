@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 
+from bench import hsm_local
 from bench.hsm import bench, report, start_server
 from hsm.client import open_hsm_client
 
@@ -43,3 +44,8 @@ async def test_bench_measures(hsm_port: int) -> None:
     for key in ("ca_per_s", "dc_per_s", "baseline_ca_per_s", "ca_ratio_vs_baseline"):
         assert isinstance(result[key], int | float) and result[key] > 0
     assert "CA pool / baseline" in report(result)
+
+
+async def test_local_bench_measures() -> None:
+    result = await hsm_local.bench(calls=50, terminals=5)
+    assert isinstance(result["cpu_us_per_call"], float) and result["cpu_us_per_call"] > 0
