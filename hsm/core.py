@@ -40,10 +40,13 @@ COMMANDS: dict[bytes, Handler] = {
 }
 
 
-
 def reply_code(command: bytes) -> bytes:
     """The command code with its second character advanced by one (NC -> ND)."""
     return command[:1] + bytes(((command[1] + 1) & 0xFF,))
+
+
+# The reply codes of the known commands, made once rather than per request.
+_REPLY_CODES = {command: reply_code(command) for command in COMMANDS}
 
 
 #: Commands whose fields may hold any byte (B2's data, M6/M8's binary message).
@@ -81,7 +84,7 @@ class HsmCore:
             # log rather than nothing, keeping whatever header there was.
             return header + b"ZZ" + errors.INVALID_INPUT.encode()
         handler = COMMANDS.get(command)
-        code = reply_code(command)
+        code = _REPLY_CODES.get(command) or reply_code(command)
         if handler is None:
             return header + code + errors.UNKNOWN_COMMAND.encode()
         reader = Reader(message, hl + 2)

@@ -7,11 +7,14 @@ malformed command always becomes a Thales error reply.
 
 from __future__ import annotations
 
+import re
+
 from hsm import errors
 from hsm.errors import HsmError
 
-_HEX = frozenset(b"0123456789ABCDEF")
-_DIGITS = frozenset(b"0123456789")
+_HEX_CHARS = b"0123456789ABCDEF"
+_DIGIT_CHARS = b"0123456789"
+_HEX = frozenset(_HEX_CHARS)
 TRAILER_MARK = 0x19  # X'19' then up to 32 characters of trailer, echoed in the reply
 MAX_TRAILER = 32
 
@@ -40,15 +43,18 @@ class Reader:
     def text(self, n: int) -> str:
         return self.take(n).decode("latin-1")
 
+    # The character checks delete the allowed bytes and look for any left:
+    # one C call instead of a set lookup per byte.
+
     def hex(self, n: int) -> str:
         raw = self.take(n)
-        if not _HEX.issuperset(raw):
+        if raw.translate(None, _HEX_CHARS):
             raise HsmError(errors.INVALID_INPUT, "hex field")
         return raw.decode("ascii")
 
     def digits(self, n: int, code: str = errors.INVALID_INPUT) -> str:
         raw = self.take(n)
-        if not _DIGITS.issuperset(raw):
+        if raw.translate(None, _DIGIT_CHARS):
             raise HsmError(code, "decimal field")
         return raw.decode("ascii")
 
@@ -74,6 +80,16 @@ class Reader:
             raise HsmError(errors.INVALID_KEY_SCHEME, "key scheme tag")
         self.pos += 1
         return chr(first) + self.hex(n)
+
+    def fixed(self, pattern: re.Pattern[bytes], size: int) -> str | None:
+        """The next `size` bytes as text when `pattern` (of exactly that size) matches
+        them, consumed; else None and nothing consumed. For a handler to read a
+        common, well-formed run of fixed-width fields at once and slice it."""
+        if pattern.match(self._data, self.pos, self._end) is None:
+            return None
+        pos = self.pos
+        self.pos = pos + size
+        return self._data[pos : pos + size].decode("latin-1")
 
     def remaining(self) -> int:
         return self._end - self.pos

@@ -5,6 +5,8 @@ The clear PIN lives only in local variables of these functions.
 
 from __future__ import annotations
 
+import re
+
 from hsm import errors
 from hsm.context import HsmContext
 from hsm.crypto import cipher_for, has_odd_parity
@@ -12,6 +14,7 @@ from hsm.errors import HsmError
 from hsm.fields import Reader
 from hsm.lmk import PVK, TPK, ZPK, KeyType
 from hsm.pinblock import (
+    SUPPORTED_FORMATS,
     check_account,
     check_format,
     decode_pin_block,
@@ -24,8 +27,10 @@ from hsm.pinblock import (
 
 def _clear_pin(key: bytes, block_hex: str, fmt: str, account12: str) -> str:
     """Check the format and account, then decrypt and decode a PIN block."""
-    check_format(fmt)
-    check_account(account12)
+    if fmt not in SUPPORTED_FORMATS:
+        check_format(fmt)  # raises the error for an unknown or a disabled format
+    if len(account12) != 12 or not account12.isdigit():
+        check_account(account12)  # raises 22
     clear = cipher_for(key).decrypt(bytes.fromhex(block_hex))
     return decode_pin_block(clear, fmt, account12)
 
@@ -87,12 +92,28 @@ def _pvki(r: Reader) -> str:
     return pvki
 
 
+# DC/EC as the switch sends them: both keys U + 32H, every field well formed.
+# One match checks them all (101 characters); any other request goes through
+# the field-by-field reads, which give the errors.
+_VERIFY_FIELDS = re.compile(
+    rb"U[0-9A-F]{32}U[0-9A-F]{32}[0-9A-F]{16}[0-9]{2}.{12}[0-6][0-9]{4}", re.DOTALL
+)
+_VERIFY_SIZE = 101
+
+
 def _verify(ctx: HsmContext, r: Reader, source: KeyType) -> bytes:
-    key = ctx.key_under_lmk(source, r.key(), errors.SOURCE_KEY_PARITY)
-    pvk = _pvk(ctx, r, errors.DEST_KEY_PARITY)
-    block, fmt, account = _pin_fields(r)
-    pvki = _pvki(r)
-    pvv = r.digits(4)
+    f = r.fixed(_VERIFY_FIELDS, _VERIFY_SIZE)
+    if f is None:
+        key = ctx.key_under_lmk(source, r.key(), errors.SOURCE_KEY_PARITY)
+        pvk = _pvk(ctx, r, errors.DEST_KEY_PARITY)
+        block, fmt, account = _pin_fields(r)
+        pvki = _pvki(r)
+        pvv = r.digits(4)
+    else:
+        # The same checks, in the same order, as the reads above make.
+        key = ctx.key_under_lmk(source, f[:33], errors.SOURCE_KEY_PARITY)
+        pvk = ctx.key_under_lmk(PVK, f[33:66], errors.DEST_KEY_PARITY)
+        block, fmt, account, pvki, pvv = f[66:82], f[82:84], f[84:96], f[96], f[97:]
     pin = _clear_pin(key, block, fmt, account)
     return b"00" if visa_pvv(pvk, account, pvki, pin) == pvv else b"01"
 

@@ -21,9 +21,9 @@ error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from hsm.crypto import BlockCipher, cipher_for, encrypt, has_odd_parity
 
@@ -82,8 +82,11 @@ class KeyTypeError(Exception):
     """The key type code names no key this HSM knows (Thales error 04)."""
 
 
-@dataclass(frozen=True, slots=True)
-class KeyType:
+class KeyType(NamedTuple):
+    """A key type: a tuple, so that hashing and comparing it (the key of the
+    decrypted-key cache, on every key of every command) run in C, not in a
+    dataclass's generated Python __hash__ and __eq__."""
+
     code: str  # VPP, e.g. "001"
     pair: int  # index of the LMK pair
     variant: int  # 0-9

@@ -41,25 +41,37 @@ def _account_block(account12: str) -> int:
     return int(account12, 16)  # "0000" + 12 digits: the high 16 bits are zero
 
 
+# Format code -> the control nibble its blocks start with.
+_CONTROL = {"01": "0", "05": "1", "34": "2", "47": "3"}
+# Formats whose block is XORed with the account block, and whose fill is F.
+_WITH_ACCOUNT = frozenset({"01", "47"})
+_F_FILL = frozenset({"01", "34"})
+# The length nibble of a block -> the PIN length it gives, for 4-12 only.
+_PIN_LENGTHS = {f"{n:x}": n for n in range(4, 13)}
+
+
 def decode_pin_block(clear: bytes, fmt: str, account12: str) -> str:
-    """The PIN in a decrypted PIN block; raises HsmError 20/24 on a bad block."""
-    value = int.from_bytes(clear, "big")
-    if fmt in ("01", "47"):
-        value ^= _account_block(account12)
-    text = f"{value:016X}"
-    control = {"01": "0", "05": "1", "34": "2", "47": "3"}[fmt]
-    if text[0] != control:
+    """The PIN in a decrypted PIN block (8 bytes); raises HsmError 20/24 on a bad block."""
+    # Lower-case hex from bytes.hex(): an f-string's "016X" costs several
+    # times as much, and a PIN is digits in either case.
+    if fmt in _WITH_ACCOUNT:
+        value = int.from_bytes(clear, "big") ^ _account_block(account12)
+        text = value.to_bytes(8, "big").hex()
+    else:
+        text = clear.hex()
+    if text[0] != _CONTROL[fmt]:
         raise HsmError(errors.PIN_BLOCK_INVALID, "control field")
-    length = int(text[1], 16)
-    if not 4 <= length <= 12:
+    length = _PIN_LENGTHS.get(text[1])
+    if length is None:
         raise HsmError(errors.PIN_LENGTH, "PIN length")
     pin = text[2 : 2 + length]
     if not pin.isdigit():
         raise HsmError(errors.PIN_BLOCK_INVALID, "PIN digits")
     fill = text[2 + length :]
-    if fmt in ("01", "34") and fill.strip("F"):
-        raise HsmError(errors.PIN_BLOCK_INVALID, "fill")
-    if fmt == "47" and any(c not in "ABCDEF" for c in fill):
+    if fmt in _F_FILL:
+        if fill.strip("f"):
+            raise HsmError(errors.PIN_BLOCK_INVALID, "fill")
+    elif fmt == "47" and fill.strip("abcdef"):
         raise HsmError(errors.PIN_BLOCK_INVALID, "fill")
     return pin
 
@@ -88,14 +100,21 @@ def is_hex(text: str) -> bool:
 # --- Visa PVV ----------------------------------------------------------------------
 
 
+# The PVV takes the decimal digits of the result first, then its letters as
+# digits: one table drops the letters, the other drops the digits and maps
+# a-f to 0-5 (C-level translate instead of a loop over the 16 characters).
+_DROP_LETTERS = str.maketrans("", "", "abcdef")
+_LETTERS_AS_DIGITS = str.maketrans("abcdef", "012345", "0123456789")
+
+
 def visa_pvv(pvk: bytes, account12: str, pvki: str, pin: str) -> str:
     """The Visa PIN verification value (THALES.md §5, DG)."""
     tsp = account12[1:12] + pvki + pin[:4]
-    result = encrypt(pvk, bytes.fromhex(tsp)).hex().upper()
-    digits = [c for c in result if c.isdigit()]
+    result = encrypt(pvk, bytes.fromhex(tsp)).hex()
+    digits = result.translate(_DROP_LETTERS)
     if len(digits) < 4:
-        digits += [str(int(c, 16) - 10) for c in result if not c.isdigit()]
-    return "".join(digits[:4])
+        digits += result.translate(_LETTERS_AS_DIGITS)
+    return digits[:4]
 
 
 # --- PIN under LMK (pair 02-03) -------------------------------------------------------
