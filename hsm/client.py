@@ -37,6 +37,13 @@ EXPORT_UNDER_ZMK = "0"
 EXPORT_UNDER_TMK = "1"
 
 
+# The reply decoders of the verify commands (DC on every PIN sale), made once
+# rather than per call.
+_DECODE_DC = partial(codec.decode_verify, "DC")
+_DECODE_EC = partial(codec.decode_verify, "EC")
+_DECODE_M8 = partial(codec.decode_verify, "M8")
+
+
 @dataclass(frozen=True, slots=True)
 class WorkingKeys:
     """The keys of a terminal sign-on, each under the LMK, under the TMK, and its KCV."""
@@ -159,7 +166,7 @@ class HsmClient:
         """DC: does the terminal PIN block match the card's Visa PVV? (False = wrong PIN)."""
         body = codec.dc(tpk_under_lmk, pvk_under_lmk, pin_block, account12, pvki, pvv,
                         pin_format=pin_format)  # fmt: skip
-        return await self.pool.request(body, partial(codec.decode_verify, "DC"))
+        return await self.pool.request(body, _DECODE_DC)
 
     async def verify_interchange_pin_pvv(
         self, zpk_under_lmk: str, pvk_under_lmk: str, pin_block: str, account12: str,
@@ -168,7 +175,7 @@ class HsmClient:
         """EC: as verify_pin_pvv for a PIN block under a ZPK."""
         body = codec.ec(zpk_under_lmk, pvk_under_lmk, pin_block, account12, pvki, pvv,
                         pin_format=pin_format)  # fmt: skip
-        return await self.pool.request(body, partial(codec.decode_verify, "EC"))
+        return await self.pool.request(body, _DECODE_EC)
 
     async def generate_pvv(
         self, pvk_under_lmk: str, pin_under_lmk: str, account12: str, pvki: str
@@ -214,7 +221,7 @@ class HsmClient:
     ) -> bool:  # fmt: skip
         """M8: True when `mac` (8H or 16H) is the MAC of `data`."""
         body = codec.m8(key_type, key_under_lmk, data, mac, algorithm=algorithm, padding=padding)
-        return await self.pool.request(body, partial(codec.decode_verify, "M8"))
+        return await self.pool.request(body, _DECODE_M8)
 
 
 @asynccontextmanager

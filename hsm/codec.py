@@ -262,6 +262,15 @@ def _verify(
     code: str, key: str, pvk: str, pin_block: str, account12: str, pvki: str, pvv: str,
     pin_format: str,
 ) -> bytes:  # fmt: skip
+    # Every PIN sale sends one: check the fixed-width fields all at once, and
+    # only when one is wrong go through the checks that name it.
+    fields = pin_block + pin_format + account12 + pvki + pvv
+    if (
+        len(fields) == 35 and len(pin_block) == 16 and len(pin_format) == 2
+        and len(account12) == 12 and len(pvki) == 1 and fields.isascii()
+        and key.isascii() and len(key) == _key_len(key, 0)
+    ):  # fmt: skip
+        return (code + key + pvk + fields).encode()
     return (
         code + _key_field(key) + pvk + _pin_common(pin_block, pin_format, account12)
         + _field(pvki, 1, "PVKI") + _field(pvv, 4, "PVV")
@@ -282,8 +291,22 @@ def ec(
     return _verify("EC", zpk, pvk, pin_block, account12, pvki, pvv, pin_format)
 
 
+# Command -> its two plain answers (verified, not verified), compared whole
+# before the general parse.
+_VERIFY_REPLIES = {
+    c: (expected_reply_code(c.encode()) + b"00", expected_reply_code(c.encode()) + b"01")
+    for c in ("DC", "EC", "M8")
+}
+
+
 def decode_verify(command: str, body: bytes) -> bool:
     """True for 00 (verified), False for 01 (does not verify); other codes raise."""
+    replies = _VERIFY_REPLIES.get(command)
+    if replies is not None:
+        if body == replies[0]:
+            return True
+        if body == replies[1]:
+            return False
     code, _ = split_reply(command.encode(), body)
     if code == "00":
         return True

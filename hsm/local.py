@@ -25,10 +25,14 @@ import trio
 
 from hsm.codec import HsmProtocolError, expected_reply_code
 from hsm.connection import HsmLinkError
+from hsm.core import COMMANDS
 from hsm.server import HsmServer, count_command
 
 #: The header the link sends: one request at a time, so one value serves.
 _HEADER_CHAR = b"L"
+
+# The reply code each known command expects, made once rather than per request.
+_EXPECTED = {command: expected_reply_code(command) for command in COMMANDS}
 
 
 class LocalHsmConnection:
@@ -56,11 +60,14 @@ class LocalHsmConnection:
         if self.closed:
             raise HsmLinkError(f"connection to {self.name} is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
-        hl = len(self._header)
-        reply = self._server.core.handle(self._header + body)
-        count_command(body[:2], reply[hl + 2 : hl + 4])
-        if reply[:hl] != self._header or reply[hl : hl + 2] != expected_reply_code(body[:2]):
-            raise HsmProtocolError(f"reply {reply[: hl + 2]!r} does not answer {body[:2]!r}")
+        header = self._header
+        hl = len(header)
+        command = body[:2]
+        reply = self._server.core.handle(header + body)
+        count_command(command, reply[hl + 2 : hl + 4])
+        expected = _EXPECTED.get(command) or expected_reply_code(command)
+        if not reply.startswith(header) or reply[hl : hl + 2] != expected:
+            raise HsmProtocolError(f"reply {reply[: hl + 2]!r} does not answer {command!r}")
         return reply[hl:]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

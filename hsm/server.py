@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 import trio
 
@@ -95,13 +96,25 @@ class HsmServer:
                 await stream.send_all(b"".join(replies))
 
 
+# (command, code) as sent and answered -> its labelled counter. Only pairs
+# with a known command and a two-digit code are kept (at most 16 x 100), so
+# a peer sending junk cannot grow it.
+_COUNTERS: dict[tuple[bytes, bytes], Any] = {}
+
+
 def count_command(command: bytes, code: bytes) -> None:
     """Count one answered command in the server's metrics."""
-    # Unknown command codes are folded into "other" so a peer sending junk
-    # cannot create unbounded label values.
-    name = command.decode("ascii") if command in COMMANDS else "other"
-    code_label = code.decode("latin-1") if code.isdigit() else "xx"
-    metrics.labelled(metrics.SERVER_COMMANDS, name, code_label).inc()
+    counter = _COUNTERS.get((command, code))
+    if counter is None:
+        # Unknown command codes are folded into "other" so a peer sending junk
+        # cannot create unbounded label values.
+        known = command in COMMANDS
+        name = command.decode("ascii") if known else "other"
+        code_label = code.decode("latin-1") if code.isdigit() else "xx"
+        counter = metrics.labelled(metrics.SERVER_COMMANDS, name, code_label)
+        if known and len(code) == 2 and code.isdigit():
+            _COUNTERS[(command, code)] = counter
+    counter.inc()
 
 
 async def serve_hsm(

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsm import codec, errors, handlers_pin
+from hsm import codec, errors, handlers_pin, server
 from hsm.context import HsmContext
 from hsm.core import HsmCore
 from hsm.crypto import encrypt
@@ -258,3 +258,67 @@ def test_verify_match_reads_as_field_reads(
 def test_verify_requests_cover_each_outcome() -> None:
     replies = {_CORE.handle(b"HDR1" + m)[4:8] for m in _VERIFY_REQUESTS}
     assert {b"DD00", b"DD01", b"DD10", b"DD11", b"ED00", b"ED01", b"ED10", b"ED11"} <= replies
+
+
+# --- the client and the link: request bytes, replies, metrics --------------------
+
+
+def ref_verify_body(
+    code: str, key: str, pvk: str, block: str, account12: str, pvki: str, pvv: str, fmt: str
+) -> bytes:
+    return (
+        code + codec._key_field(key) + pvk + codec._field(block, 16, "PIN block")
+        + codec._field(fmt, 2, "format") + codec._field(account12, 12, "account")
+        + codec._field(pvki, 1, "PVKI") + codec._field(pvv, 4, "PVV")
+    ).encode()  # fmt: skip
+
+
+def ref_decode_verify(command: str, body: bytes) -> bool:
+    code, _ = codec.split_reply(command.encode(), body)
+    if code == "00":
+        return True
+    if code == "01":
+        return False
+    raise codec.HsmCommandError(command, code)
+
+
+_key_text = st.one_of(
+    st.text("0123456789ABCDEF", min_size=16, max_size=16),
+    st.text("0123456789ABCDEF", min_size=32, max_size=32).map(lambda s: "U" + s),
+    st.text("0123456789ABCDEFUTXYZ", max_size=50),
+    st.text(max_size=40),
+)
+
+
+@given(_key_text, _key_text, st.text("0123456789ABCDEF\u00e9", min_size=15, max_size=17),
+       st.text("015\u00b2", min_size=1, max_size=3), st.text("0123456789", min_size=11,
+       max_size=13), st.text("01\u00b2", max_size=2), st.text("0123", min_size=3, max_size=5),
+       st.sampled_from(["DC", "EC"]))  # fmt: skip
+def test_verify_request_as_before(
+    key: str, pvk: str, block: str, fmt: str, account12: str, pvki: str, pvv: str, code: str
+) -> None:
+    build = codec.dc if code == "DC" else codec.ec
+    assert _outcome(
+        lambda: build(key, pvk, block, account12, pvki, pvv, pin_format=fmt)
+    ) == _outcome(ref_verify_body, code, key, pvk, block, account12, pvki, pvv, fmt)
+
+
+@given(st.sampled_from(["DC", "EC", "M8", "JE"]),
+       st.sampled_from([b"DD", b"ED", b"M9", b"JF", b"XX"]).flatmap(
+           lambda c: st.sampled_from([b"00", b"01", b"10", b"0", b"\xff1", b""]).map(
+               lambda e: c + e)),
+       st.sampled_from([b"", b"x", b"\xff"]))  # fmt: skip
+def test_decode_verify_as_before(command: str, body: bytes, tail: bytes) -> None:
+    body += tail
+    assert _outcome(codec.decode_verify, command, body) == _outcome(
+        ref_decode_verify, command, body
+    )
+
+
+def test_command_counters_stay_bounded() -> None:
+    before = len(server._COUNTERS)
+    for i in range(300):
+        server.count_command(i.to_bytes(2, "big"), b"00")  # junk command codes
+        server.count_command(b"DC", f"{i:03d}".encode()[:2] + b"\xff")  # junk codes
+    server.count_command(b"DC", b"00")
+    assert len(server._COUNTERS) <= before + 1
