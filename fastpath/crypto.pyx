@@ -8,7 +8,7 @@ no key work. Keys are 8 (single DES), 16 (2-key 3DES) or 24 bytes (3-key).
 from libc.stdint cimport uint8_t, uint64_t
 from libc.string cimport memcpy
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 
 cdef const char *HEX_UPPER = b"0123456789ABCDEF"
 
@@ -42,17 +42,32 @@ cdef class DesKey:
 
 
 cdef bytes _ecb(DesKey self, data, bint decrypt):
-    cdef const uint8_t[::1] view = data
-    cdef Py_ssize_t n = view.shape[0], i
+    # bytes (every caller in practice) are read in place: taking a typed
+    # memoryview of them costs more than a 3DES block. Other buffers
+    # (bytearray, memoryview) still go through the view.
+    cdef const uint8_t[::1] view
+    cdef const uint8_t *p
+    cdef Py_ssize_t n
+    if type(data) is bytes:
+        p = <const uint8_t *>PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+        return _ecb_raw(self, p, n, decrypt)
+    view = data
+    n = view.shape[0]
+    return _ecb_raw(self, &view[0] if n else <const uint8_t *>b"", n, decrypt)
+
+
+cdef bytes _ecb_raw(DesKey self, const uint8_t *p, Py_ssize_t n, bint decrypt):
+    cdef Py_ssize_t i
     if n % 8:
         raise CryptoError(f"ECB input must be a multiple of 8 bytes, not {n}")
     out = PyBytes_FromStringAndSize(NULL, n)
     cdef uint8_t *o = <uint8_t *>PyBytes_AS_STRING(out)
     for i in range(0, n, 8):
         if decrypt:
-            des_store64(o + i, tdes_decrypt64(&self.key, des_load64(&view[i])))
+            des_store64(o + i, tdes_decrypt64(&self.key, des_load64(p + i)))
         else:
-            des_store64(o + i, tdes_encrypt64(&self.key, des_load64(&view[i])))
+            des_store64(o + i, tdes_encrypt64(&self.key, des_load64(p + i)))
     return out
 
 

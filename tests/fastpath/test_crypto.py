@@ -106,3 +106,12 @@ def test_garbage_pin_block_is_refused() -> None:
 
 def test_key_repr_never_shows_the_key() -> None:
     assert "0123" not in repr(DesKey(bytes.fromhex("0123456789ABCDEF")))
+
+
+@given(st.binary(min_size=16, max_size=16), blocks | st.just(b""))
+def test_ecb_reads_any_buffer_alike(key: bytes, data: bytes) -> None:
+    # bytes are read in place, other buffers through a memoryview: same blocks.
+    k = DesKey(key)
+    for buf in (data, bytearray(data), memoryview(data)):
+        assert k.encrypt(buf) == k.encrypt(data) and k.decrypt(buf) == k.decrypt(data)
+    assert k.decrypt(k.encrypt(data)) == data
