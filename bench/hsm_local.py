@@ -8,7 +8,9 @@ pool, and the typed client; then one caller makes `--calls` sequential
 `verify_pin_pvv` calls (a real PIN block under one of `--terminals` TPKs,
 each checked to verify) and prints the CPU time (time.process_time) per
 call. The key caches are warmed first with every terminal, as in a switch
-that has been running.
+that has been running. Baseline, in the same run: the same DC commands
+handed to the HSM's core directly; the ratio is what the layers above it
+(typed client, pool, link, metrics) cost on top.
 
 CPU time still moves with what else the machine runs (caches, frequency).
 For a figure that does not, count instructions with callgrind, twice with
@@ -25,60 +27,60 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 
 import trio
 
-from hsm.client import TPK, HsmClient, open_hsm_client
-from hsm.lmk import LmkSet, thales_test_lmk
+from bench.hsm import ACCOUNT, PVKI, Workload
+from hsm import codec
+from hsm.client import HsmClient, open_hsm_client
+from hsm.lmk import thales_test_lmk
 from hsm.server import HsmServer
-from hsm.testing import key_under_lmk, pin_block, pvv
-
-ACCOUNT = "400000123456"
-PIN = "4321"
-PVKI = "1"
 
 
-class Cards:
-    """One PVK and card; `terminals` TPKs (distinct keys, as a switch's terminals have)."""
-
-    def __init__(self, lmk: LmkSet, terminals: int) -> None:
-        rng = random.Random(7)
-        self.pvk = key_under_lmk(lmk, "002", bytes.fromhex("FEDCBA9876543210FEDCBA9876543210"))
-        self.pvv = pvv(lmk, self.pvk, ACCOUNT, PVKI, PIN)
-        self.terminals = []
-        for _ in range(terminals):
-            tpk = key_under_lmk(lmk, "002", rng.randbytes(16))
-            self.terminals.append((tpk, pin_block(lmk, TPK, tpk, PIN, ACCOUNT)))
-
-
-async def verify(hsm: HsmClient, cards: Cards, calls: int) -> None:
-    terminals = cards.terminals
+async def verify(hsm: HsmClient, work: Workload, calls: int) -> None:
+    terminals = work.terminals
     for i in range(calls):
         tpk, block = terminals[i % len(terminals)]
-        if not await hsm.verify_pin_pvv(tpk, cards.pvk, block, ACCOUNT, PVKI, cards.pvv):
+        if not await hsm.verify_pin_pvv(tpk, work.pvk, block, ACCOUNT, PVKI, work.pvv):
             raise AssertionError("a PIN that should verify did not")
 
 
 async def bench(calls: int, terminals: int) -> dict[str, object]:
-    lmk = thales_test_lmk()
-    cards = Cards(lmk, terminals)
-    # Making the test keys filled the LMK's decrypted-key cache; a switch's
-    # cache is filled by the handlers themselves: start from an empty one.
-    lmk.decrypt_key.cache_clear()
-    async with open_hsm_client([HsmServer(lmk)], timeout=5.0) as hsm:
-        await verify(hsm, cards, terminals)  # warm the caches
+    # The same keys as bench.hsm's, made under an LMK of their own: the
+    # server's LMK starts with an empty decrypted-key cache, as a switch's
+    # does, and the handlers fill it.
+    work = Workload(terminals)
+    server = HsmServer(thales_test_lmk())
+    async with open_hsm_client([server], timeout=5.0) as hsm:
+        await verify(hsm, work, terminals)  # warm the caches
         start = time.process_time()
-        await verify(hsm, cards, calls)
+        await verify(hsm, work, calls)
         cpu = time.process_time() - start
+    core = core_only(server, work, calls)
     return {
         "calls": calls,
         "terminals": terminals,
         "cpu_s": round(cpu, 4),
         "cpu_us_per_call": round(cpu / calls * 1e6, 2) if calls else None,
+        "core_us_per_call": round(core / calls * 1e6, 2) if calls else None,
+        "client_over_core": round(cpu / core, 2) if core else None,
     }
+
+
+def core_only(server: HsmServer, work: Workload, calls: int) -> float:
+    """The baseline: CPU seconds for the same DC commands handed to the HSM's
+    core directly (no client, pool or link), each reply checked."""
+    header = b"0000"
+    requests = [header + codec.dc(tpk, work.pvk, block, ACCOUNT, PVKI, work.pvv)
+                for tpk, block in work.terminals]  # fmt: skip
+    handle, n = server.core.handle, len(requests)
+    start = time.process_time()
+    for i in range(calls):
+        if handle(requests[i % n]) != b"0000DD00":
+            raise AssertionError("a PIN that should verify did not (core)")
+    return time.process_time() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['calls']} DC calls: {result['cpu_us_per_call']} us CPU per call")
+        print(f"{result['calls']} DC calls: {result['cpu_us_per_call']} us CPU per call through"
+              f" the client, pool and link; baseline, the HSM core alone:"
+              f" {result['core_us_per_call']} us (ratio {result['client_over_core']})")
     return 0
 
 

@@ -49,3 +49,4 @@ async def test_bench_measures(hsm_port: int) -> None:
 async def test_local_bench_measures() -> None:
     result = await hsm_local.bench(calls=50, terminals=5)
     assert isinstance(result["cpu_us_per_call"], float) and result["cpu_us_per_call"] > 0
+    assert isinstance(result["core_us_per_call"], float) and result["core_us_per_call"] > 0
