@@ -223,16 +223,24 @@ async def test_preauth_completion_cancel(switch: Switch) -> None:
     assert await available(switch, 17) == 100_000_00 - 115_00
 
 
+async def _held_then_cancelled(c: Conn, seq: int, amount: int) -> tuple[rq.Original, dict]:
+    """A pre-authorization, approved, then its cancel, approved: (the hold, the cancel's fields)."""
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(seq), stan, amount, PIN, t.pik)))
+    assert r.rc == "00"
+    hold = t.remember("preauth", r, stan)
+    mti, cancel = rq.preauth_cancel(t.ident, card(seq), t.next_stan(), amount, hold)
+    assert (await c.call(t.frame(mti, cancel))).rc == "00"
+    return hold, cancel
+
+
 async def test_a_reversed_preauth_cancel_leaves_the_preauth_to_complete(switch: Switch) -> None:
     """Pre-auth cancel is reversible (PROTOCOL.md §3): its 0400 puts the hold
     back, and the pre-authorization can then be completed."""
     c = await signed_on(switch, "10000006")
     t = c.term
-    stan = t.next_stan()
-    r = await c.call(t.frame(*rq.preauth(t.ident, card(29), stan, 200_00, PIN, t.pik)))
-    hold = t.remember("preauth", r, stan)
-    cancel_mti, cancel = rq.preauth_cancel(t.ident, card(29), t.next_stan(), 200_00, hold)
-    assert (await c.call(t.frame(cancel_mti, cancel))).rc == "00"
+    hold, cancel = await _held_then_cancelled(c, 29, 200_00)
     assert await available(switch, 29) == 100_000_00
     for _ in range(2):  # repeated: held again once
         r = await c.call(t.frame(*rq.reversal(cancel, "98")))
@@ -251,11 +259,7 @@ async def test_a_cancel_reversed_after_the_money_was_spent_is_answered_00(
     is refused."""
     c = await signed_on(switch, "10000007")
     t = c.term
-    stan = t.next_stan()
-    r = await c.call(t.frame(*rq.preauth(t.ident, card(30), stan, 60_000_00, PIN, t.pik)))
-    hold = t.remember("preauth", r, stan)
-    cancel_mti, cancel = rq.preauth_cancel(t.ident, card(30), t.next_stan(), 60_000_00, hold)
-    assert (await c.call(t.frame(cancel_mti, cancel))).rc == "00"
+    hold, cancel = await _held_then_cancelled(c, 30, 60_000_00)
     assert (await sale(c, 30, 50_000_00))[1].rc == "00"
     r = await c.call(t.frame(*rq.reversal(cancel, "98")))
     assert r.rc == "00" and r.mac_ok
