@@ -25,6 +25,10 @@ class Kind(IntEnum):
     PARAM_DOWNLOAD = 16
 
 
+#: Each kind's name as logs, the journal and metric labels write it ("sale"):
+#: a dict lookup, where an enum member's .name.lower() costs a descriptor call and a copy.
+NAMES = {k: k.name.lower() for k in Kind}
+
 #: Kinds a terminal may reverse with an 0400 (the table's "reversible" column).
 REVERSIBLE = frozenset(
     {Kind.PREAUTH, Kind.PREAUTH_CANCEL, Kind.COMPLETION, Kind.COMPLETION_VOID, Kind.SALE, Kind.VOID}

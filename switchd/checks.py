@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from fastpath.crypto import DesKey
-from fastpath.kinds import Kind
+from fastpath.kinds import NAMES, Kind
 from hsm.codec import HsmCommandError
 from hsm.pool import HsmUnavailable
 from switchd import codes, metrics
@@ -208,7 +208,7 @@ async def permitted(p: Processor, txn: Txn) -> None:
     """The merchant's permitted kinds (58) and payment method flags (40)."""
     m = txn.merchant
     assert m is not None
-    kind = (txn.orig_kind or txn.kind).name.lower()
+    kind = NAMES[txn.orig_kind or txn.kind]
     if m.permitted and kind not in m.permitted:
         txn.decline(codes.NOT_PERMITTED)
         return

@@ -26,6 +26,7 @@ class Txn:
         "fields",
         "kind",
         "mak",
+        "masked",
         "merchant",
         "msg",
         "orig_kind",
@@ -59,6 +60,7 @@ class Txn:
         self.mak: DesKey | None = None
         self.card: Card | None = None
         self.pan: str | None = None
+        self.masked: tuple[str | None, str] = (None, "")  # (pan, its masked form), see masked_pan
         self.replay: bytes | None = None  # a duplicate's stored answer
         self.amount: int | None = msg.amount
         self.batch = _int(msg.batch)
@@ -76,6 +78,14 @@ class Txn:
     @property
     def done(self) -> bool:
         return self.rc is not None or self.replay is not None
+
+    def masked_pan(self) -> str:
+        """The PAN as logs, the journal and the ledger may hold it, masked once per PAN."""
+        pan, masked = self.masked
+        if pan is not self.pan:
+            masked = mask_pan(self.pan)
+            self.masked = (self.pan, masked)
+        return masked
 
     def request_digest(self) -> str:
         """Tells a retransmission (the same bytes but MAC and PIN block) from a reused STAN."""

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import orjson
 
+from fastpath.kinds import NAMES
 from switchd import logsink, metrics
-from switchd.context import mask_pan
 
 if TYPE_CHECKING:
     from switchd.context import Txn
@@ -125,17 +125,17 @@ def log_txn(txn: Txn, rc: str, elapsed_s: float) -> None:
         "level": "info",
         "logger": "switchd.txn",
         "event": "transaction",
-        "kind": txn.kind.name.lower(),
+        "kind": NAMES[txn.kind],
         "mti": msg.mti,
         "tid": msg.tid,
         "mid": msg.mid,
         "stan": msg.stan,
         "batch": msg.batch,
         "amount": txn.amount,
-        "pan": mask_pan(txn.pan),
+        "pan": txn.masked_pan(),
         "rc": rc,
         "latency_ms": round(elapsed_s * 1000, 3),
     }
     if txn.orig_kind is not None:
-        fields["original_kind"] = txn.orig_kind.name.lower()
+        fields["original_kind"] = NAMES[txn.orig_kind]
     TXN_LOG.emit(fields)

@@ -21,7 +21,7 @@ import trio
 from fastpath.codec import decode
 from fastpath.kinds import Kind
 from switchd import codes
-from switchd.context import Txn, mask_pan
+from switchd.context import Txn
 from switchd.journal import JournalUnavailable
 from switchd.ledger import (
     LedgerError,
@@ -58,7 +58,7 @@ def _request(p: Processor, txn: Txn, batch: int | None = None, stan: int | None 
     assert txn.terminal is not None
     return flows.Request(
         txn.terminal.tid, txn.terminal.mid, txn.batch if batch is None else batch,
-        txn.stan if stan is None else stan, rrn=p.rrn(txn), masked_pan=mask_pan(txn.pan),
+        txn.stan if stan is None else stan, rrn=p.rrn(txn), masked_pan=txn.masked_pan(),
     )  # fmt: skip
 
 

@@ -28,11 +28,11 @@ from fastpath.classify import classify
 from fastpath.codec import build_response, decode, decode_frame, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
-from fastpath.kinds import FINANCIAL, Kind
+from fastpath.kinds import FINANCIAL, NAMES, Kind
 from hsm.client import ZPK
 from switchd import checks, codes, metrics
 from switchd.admission import Admission
-from switchd.context import LOCAL_TIME, Txn, derived_digits, mask_pan
+from switchd.context import LOCAL_TIME, Txn, derived_digits
 from switchd.deadlines import Deadlines
 from switchd.journal import Entry
 from switchd.jsonlog import log_txn
@@ -254,14 +254,14 @@ class Processor:
             batch=txn.batch,
             stan=txn.stan,
             reversal=txn.kind is Kind.REVERSAL,
-            kind=(txn.orig_kind or txn.kind).name.lower()
+            kind=NAMES[txn.orig_kind or txn.kind]
             if txn.kind is not Kind.REVERSAL
             else "reversal",
             mid=msg.mid or "",
             digest=txn.request_digest(),
             rc=rc,
             amount=txn.amount,
-            masked_pan=mask_pan(txn.pan),
+            masked_pan=txn.masked_pan(),
             rrn=self.rrn(txn) if txn.kind in FINANCIAL or txn.kind is Kind.REVERSAL else "",
             auth_code=self.auth_code(txn) if rc == codes.APPROVED else "",
             orig_batch=int(msg.original_batch) if msg.original_batch else None,
@@ -308,13 +308,13 @@ class Processor:
         counter = self._counters.get((txn.kind, rc))
         if counter is None:
             counter = self._counters[(txn.kind, rc)] = metrics.TRANSACTIONS.labels(
-                txn.kind.name.lower(), rc
+                NAMES[txn.kind], rc
             )
         counter.inc()
         timer = self._timers.get(txn.kind)
         if timer is None:
             timer = self._timers[txn.kind] = metrics.TRANSACTION_SECONDS.labels(
-                txn.kind.name.lower()
+                NAMES[txn.kind]
             )
         timer.observe(elapsed)
         log_txn(txn, rc, elapsed)
