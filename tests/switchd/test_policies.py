@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import trio
 
 from fastpath import requests as rq
@@ -81,71 +83,75 @@ async def test_inactive_terminal_is_97(switch: Switch) -> None:
     assert (await c.call(c.term.sign_on_frame())).rc == "97"
 
 
-async def test_ledger_slower_than_the_deadline_is_98_and_undone(tmp_path: Path) -> None:
+@pytest.fixture
+async def hasty(tmp_path: Path) -> AsyncIterator[Switch]:
+    """A switch whose transactions must be done within 0.5 s."""
     sw = Switch(small_config(tmp_path, transactions=Transactions(timeout_s=0.5)))
     async with trio.open_nursery() as nursery:
         await nursery.start(sw.run)
-        assert sw.services is not None
-        ledger = sw.services.ledger
-        real = ledger.submit_linked
-        slow = {"on": False}
-
-        async def slow_submit(ops):  # type: ignore[no-untyped-def]
-            results = await real(ops)
-            if slow["on"]:
-                # The verdict arrives only after the deadline, as a slow commit's
-                # would: the engine's wait for a queued operation is not cancellable.
-                with trio.CancelScope(shield=True):
-                    await trio.sleep(1.0)
-            return results
-
-        ledger.submit_linked = slow_submit  # type: ignore[method-assign]
-        c = await connect(sw)
-        await c.sign_on()
-        t = c.term
-        card = rq.Card(demo_pan(9), "3012")
-        slow["on"] = True
-        r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
-        slow["on"] = False
-        assert r.rc == "98" and r.mac_ok
-        acct = await ledger.account(card_account_id(demo_pan(9), sw.services.pan_key))
-        assert acct is not None and acct.available == 100_000_00
-        assert await ledger.audit() == []
+        yield sw
         sw.stop()
 
 
-async def test_a_participant_stuck_past_the_deadline_is_96_in_time(tmp_path: Path) -> None:
+async def test_ledger_slower_than_the_deadline_is_98_and_undone(hasty: Switch) -> None:
+    sw = hasty
+    assert sw.services is not None
+    ledger = sw.services.ledger
+    real = ledger.submit_linked
+    slow = {"on": False}
+
+    async def slow_submit(ops):  # type: ignore[no-untyped-def]
+        results = await real(ops)
+        if slow["on"]:
+            # The verdict arrives only after the deadline, as a slow commit's
+            # would: the engine's wait for a queued operation is not cancellable.
+            with trio.CancelScope(shield=True):
+                await trio.sleep(1.0)
+        return results
+
+    ledger.submit_linked = slow_submit  # type: ignore[method-assign]
+    c = await connect(sw)
+    await c.sign_on()
+    t = c.term
+    card = rq.Card(demo_pan(9), "3012")
+    slow["on"] = True
+    r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
+    slow["on"] = False
+    assert r.rc == "98" and r.mac_ok
+    acct = await ledger.account(card_account_id(demo_pan(9), sw.services.pan_key))
+    assert acct is not None and acct.available == 100_000_00
+    assert await ledger.audit() == []
+
+
+async def test_a_participant_stuck_past_the_deadline_is_96_in_time(hasty: Switch) -> None:
     """A step with no timeout of its own (here the journal's lookup, made to hang)
     is cut by the transaction's deadline: 96, signed, nothing posted, and the
     next request is served as usual."""
-    sw = Switch(small_config(tmp_path, transactions=Transactions(timeout_s=0.5)))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(sw.run)
-        assert sw.services is not None
-        journal = sw.services.journal
-        real = journal.lookup
-        stuck = {"on": False}
+    sw = hasty
+    assert sw.services is not None
+    journal = sw.services.journal
+    real = journal.lookup
+    stuck = {"on": False}
 
-        async def lookup(*args):  # type: ignore[no-untyped-def]
-            if stuck["on"]:
-                await trio.sleep_forever()
-            return await real(*args)
+    async def lookup(*args):  # type: ignore[no-untyped-def]
+        if stuck["on"]:
+            await trio.sleep_forever()
+        return await real(*args)
 
-        journal.lookup = lookup  # type: ignore[method-assign]
-        c = await connect(sw)
-        await c.sign_on()
-        t = c.term
-        card = rq.Card(demo_pan(10), "3012")
-        stuck["on"] = True
-        started = trio.current_time()
-        with trio.fail_after(5):
-            r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
-        assert r.rc == "96" and r.mac_ok
-        assert 0.5 <= trio.current_time() - started < 1.5
-        stuck["on"] = False
+    journal.lookup = lookup  # type: ignore[method-assign]
+    c = await connect(sw)
+    await c.sign_on()
+    t = c.term
+    card = rq.Card(demo_pan(10), "3012")
+    stuck["on"] = True
+    started = trio.current_time()
+    with trio.fail_after(5):
         r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
-        assert r.rc == "00"
-        acct = await sw.services.ledger.account(card_account_id(demo_pan(10), sw.services.pan_key))
-        assert acct is not None and acct.available == 100_000_00 - 3_00
-        assert len(sw.processor.deadlines) == 0  # type: ignore[union-attr]
-        sw.stop()
+    assert r.rc == "96" and r.mac_ok
+    assert 0.5 <= trio.current_time() - started < 1.5
+    stuck["on"] = False
+    r = await c.call(t.frame(*rq.sale(t.ident, card, t.next_stan(), 3_00)))
+    assert r.rc == "00"
+    acct = await sw.services.ledger.account(card_account_id(demo_pan(10), sw.services.pan_key))
+    assert acct is not None and acct.available == 100_000_00 - 3_00
+    assert len(sw.processor.deadlines) == 0  # type: ignore[union-attr]
