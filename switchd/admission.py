@@ -19,10 +19,9 @@ waiters at once, lowering it lets slots lapse as they are left. ``run()``
 is the sweeper that turns away waiters whose time is up; the owner runs it
 for as long as requests may wait.
 
-Plan: a waiter parks with no deadline of its own. Waiters arrive in order
-and (but for a reload changing ``wait_s``) their time runs out in the same
-order, so one sweeper sleeping until the oldest waiter's deadline times out
-all of them. At 1,000 closed-loop terminals about half of all requests
+Plan: a waiter parks with no deadline of its own; its deadline is kept by
+one sweeper for all of them (deadlines.py), which turns it away when its
+time is up. At 1,000 closed-loop terminals about half of all requests
 wait here, and a cancel scope each (a deadline-heap entry pushed, then
 pruned) was measured at about a third of this module's cost.
 
@@ -46,6 +45,7 @@ import outcome
 import trio
 
 from switchd import metrics
+from switchd.deadlines import Deadlines
 
 log = logging.getLogger("switchd.admission")
 
@@ -54,15 +54,19 @@ log = logging.getLogger("switchd.admission")
 SHED_LOG_INTERVAL_S = 10.0
 
 
+def _turn_away(task: trio.lowlevel.Task) -> None:
+    trio.lowlevel.reschedule(task, outcome.Value(False))
+
+
 class Admission:
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("the limit of transactions in progress is at least 1")
         self._limit = limit
         self._free = limit  # below zero after the limit was lowered
-        # Parked tasks and their deadlines, in arrival order (dicts keep it).
-        self._waiters: dict[trio.lowlevel.Task, float] = {}
-        self._queued = trio.Event()  # set when a waiter joins an empty queue
+        # Parked tasks and their deadlines, in arrival order; one past its
+        # deadline is woken turned away.
+        self._waiters: Deadlines[trio.lowlevel.Task] = Deadlines(_turn_away)
         self._shed = 0
         self._shed_logged_at = -SHED_LOG_INTERVAL_S
 
@@ -95,12 +99,10 @@ class Admission:
             return True
         task = trio.lowlevel.current_task()
         waiters = self._waiters
-        if not waiters:
-            self._queued.set()
-        waiters[task] = trio.current_time() + wait_s
+        waiters.add(task, trio.current_time() + wait_s)
 
         def abort(_: object) -> trio.lowlevel.Abort:
-            del waiters[task]  # still queued: trio aborts only a task not yet woken
+            waiters.discard(task)  # still queued: trio aborts only a task not yet woken
             return trio.lowlevel.Abort.SUCCEEDED
 
         metrics.WAITING.inc()
@@ -120,23 +122,10 @@ class Admission:
 
     async def run(self) -> None:
         """The sweeper: turn away each waiter whose time is up, oldest first."""
-        waiters = self._waiters
-        while True:
-            if not waiters:
-                self._queued = trio.Event()
-                await self._queued.wait()
-                continue
-            deadline = waiters[next(iter(waiters))]
-            if trio.current_time() >= deadline:
-                self._wake_oldest(False)
-            else:
-                await trio.sleep_until(deadline)
+        await self._waiters.run()
 
     def _wake_oldest(self, admitted: bool) -> None:
-        waiters = self._waiters
-        task = next(iter(waiters))
-        del waiters[task]
-        trio.lowlevel.reschedule(task, outcome.Value(admitted))
+        trio.lowlevel.reschedule(self._waiters.pop_oldest(), outcome.Value(admitted))
 
     def _turned_away(self, wait_s: float) -> None:
         metrics.SHED.inc()

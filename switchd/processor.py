@@ -73,7 +73,7 @@ class Processor:
         self.macs: dict[str, DesKey] = {}
         self.admission = Admission(self.cfg.transactions.max_in_flight)
         # Ends transactions past timeout_s; its sweeper runs in the daemon (run()).
-        self.deadlines = Deadlines()
+        self.deadlines: Deadlines[trio.CancelScope] = Deadlines(trio.CancelScope.cancel)
         # Each terminal's open batch as last seen (checks.open_batch re-reads on a mismatch).
         self.open_batches: dict[str, int] = {}
         # A zone PIN key of this process (under the LMK), made on first need:
