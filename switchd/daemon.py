@@ -32,7 +32,7 @@ from hsm.pool import Address
 from hsm.server import HsmServer, serve_hsm
 from hsm.testing import key_under_lmk
 from switchd import config as config_mod
-from switchd import demo, gcpolicy, looplag, store
+from switchd import demo, gcpolicy, looplag, shared_writer, store
 from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
@@ -48,7 +48,9 @@ log = logging.getLogger("switchd")
 
 
 def ledger_config(cfg: Config) -> LedgerConfig:
-    return LedgerConfig(
+    """The ledger's configuration; in a worker of `switchd run --workers N`, with
+    the supervisor's shared writer (shared_writer.py)."""
+    return shared_writer.worker_config(LedgerConfig(
         backend=cfg.ledger.backend,
         data_dir=cfg.data_dir,
         sqlite=SqliteConfig(path=cfg.ledger.sqlite_path),
@@ -58,7 +60,7 @@ def ledger_config(cfg: Config) -> LedgerConfig:
             pool_max=cfg.ledger.pool_size,
         ),
         writer=cfg.ledger.writer,
-    )
+    ))
 
 
 def open_database(cfg: Config) -> Database:

@@ -1,18 +1,22 @@
 """``switchd run --workers N``: N worker processes behind the same ports.
 
 Each worker is a whole switch (listeners, HSM pool or embedded HSM, ledger
-writer, admin listener) whose terminal sockets are bound with SO_REUSEPORT,
+client, admin listener) whose terminal sockets are bound with SO_REUSEPORT,
 so the kernel spreads new connections over the workers and one Python
-process per core does the work. What they share lives in the databases: the
-ledger (correct with several writers: SQLite serialises them on its file
-lock, PostgreSQL with row locks), the terminals' session keys (a worker that
-meets a terminal signed on elsewhere loads its keys from the switch
-database), the reference data. Metrics use prometheus_client's multiprocess
-mode, so any worker's /metrics shows the sum over all of them.
+process per core does the work. What they share: the ledger, written by one
+writer process that the supervisor starts for all the workers
+(shared_writer.py: one commit and one fsync serve them all; with
+`writer = "thread"` each worker writes itself, which is correct too: SQLite
+serialises writers on its file lock, PostgreSQL with row locks); the
+terminals' session keys (a worker that meets a terminal signed on elsewhere
+loads its keys from the switch database); the reference data. Metrics use
+prometheus_client's multiprocess mode, so any worker's /metrics shows the
+sum over all of them.
 
 The supervisor prepares the databases once (migrations, demo data), starts
-the workers, restarts one that dies (with backoff, after marking its metric
-files dead) and forwards SIGTERM (drain and exit), SIGINT and SIGHUP.
+the shared ledger writer and the workers, restarts any of them that dies
+(workers with backoff, after marking their metric files dead) and forwards
+SIGTERM (drain and exit), SIGINT and SIGHUP.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 import trio
 
 from switchd.config import Config
+from switchd.shared_writer import SOCKET_ENV, SharedWriter
 
 log = logging.getLogger("switchd.supervisor")
 
@@ -54,6 +59,21 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    ledger = None
+    if cfg.ledger.writer == "process":
+        from switchd.daemon import ledger_config
+
+        ledger = SharedWriter(ledger_config(cfg), cfg.data_dir)
+        env[SOCKET_ENV] = ledger.path
+    try:
+        return _supervise(cfg, env, workers, config_path, ledger)
+    finally:
+        if ledger is not None:
+            ledger.close()
+
+
+def _supervise(cfg: Config, env: dict[str, str], workers: int, config_path: str | None,
+               ledger: SharedWriter | None) -> int:  # fmt: skip
     argv = [sys.executable, "-m", "switchd.cli", "run", "--worker"]
     if config_path is not None:
         argv += ["--config", config_path]
@@ -79,8 +99,19 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
     ready_pipes: list[int | None] = [None] * workers
     ready = [False] * workers
     announced = False
+    # The writer is started again at once the first time: every worker's
+    # ledger waits for it.
+    writer_backoff, writer_next = 0.0, 0.0
     while not stopping["signal"]:
         now = time.monotonic()
+        if ledger is not None:
+            code = ledger.exited()
+            if code is not None:
+                log.error("shared ledger writer exited with %s; restarting", code)
+                writer_next = now + writer_backoff
+                writer_backoff = min(max(writer_backoff * 2, RESTART_MIN_S), RESTART_MAX_S)
+            if ledger.proc is None and now >= writer_next:
+                ledger.start()
         for i, proc in enumerate(procs):
             if proc is not None and proc.poll() is not None:
                 log.error("worker %d (pid %d) exited with %s; restarting", i, proc.pid,

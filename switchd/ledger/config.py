@@ -36,6 +36,10 @@ class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: or "process" (a child process of its own, off this process's GIL; see
     #: writer_process.py). Reads run in this process either way.
     writer: Literal["thread", "process"] = "thread"
+    #: With writer = "process": the Unix socket of a writer shared by several
+    #: processes (set by `switchd run --workers N`, whose supervisor starts
+    #: it) instead of a child of this process's own. Empty: our own.
+    writer_socket: str = ""
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

@@ -87,6 +87,11 @@ class _Flight:
         self.turn = trio.Event()  # set when this flight is the oldest: its reply is next
 
 
+def start_message(config: LedgerConfig) -> bytes:
+    """A writer's start-up message (its own child's, or a shared writer's)."""
+    return _encode(_Start(config, logging.getLogger().getEffectiveLevel()))
+
+
 @functools.cache
 def _plain_oks(n: int) -> Sequence[Result]:
     """The results of a group of n operations that all got the plain OK: shared."""
@@ -108,7 +113,13 @@ class ProcessWriter:
 
     def __init__(self, config: LedgerConfig) -> None:
         self.config = config
-        self.child = childproc.Child(__name__, "ledger writer process")
+        # With `switchd run --workers N`, the machine's one writer (below,
+        # `shared_main`), started by the supervisor; else a child of our own.
+        self.child: childproc.Child | childproc.Remote = (
+            childproc.Remote(config.writer_socket, "shared ledger writer")
+            if config.writer_socket
+            else childproc.Child(__name__, "ledger writer process")
+        )
         self.restarts = 0
         self._flights: deque[_Flight] = deque()
         # Held while sending and while a lost child is replaced: frames reach
@@ -116,8 +127,7 @@ class ProcessWriter:
         self._sending = trio.Lock()
 
     async def start(self) -> None:
-        start = _Start(self.config, logging.getLogger().getEffectiveLevel())
-        await self.child.start(_encode(start))
+        await self.child.start(start_message(self.config))
 
     async def apply(self, groups: Sequence[Group], now_us: int) -> list[Sequence[Result]]:
         flight = _Flight(_encode(_Batch(now_us, list(groups))), len(groups))
@@ -159,8 +169,8 @@ class ProcessWriter:
                 metrics.WRITER_RESTARTS.inc()
                 flight.attempts += 1
                 then = "failing it" if flight.attempts > 2 else "sending it again to a new one"
-                log.error("ledger writer process lost (%s, exit %s) on a batch of %d groups; %s",
-                          lost, code, flight.size, then)  # fmt: skip
+                log.error("%s lost (%s, exit %s) on a batch of %d groups; %s",
+                          self.child.name, lost, code, flight.size, then)  # fmt: skip
                 resend = list(self._flights)
                 if flight.attempts > 2:
                     resend.remove(flight)
@@ -192,19 +202,70 @@ class _Writer(childproc.Handler):
         jsonlog.setup(start.log_level)
         from .engine import make_backend
 
+        self.config = start.config
         self.backend = make_backend(start.config)
         self.backend.open()
 
-    def handle(self, body: bytes) -> bytes:
-        batch = _decode_batch(body)
+    def greet(self, hello: bytes) -> bytes:
+        # A worker configured for another database must not write through us.
         try:
-            results = self.backend.apply(batch.groups, batch.now_us)
-            return _encode(_Reply(results=[None if all_plain_ok(r) else r for r in results]))
+            theirs = msgspec.structs.replace(_decode_start(hello).config, writer_socket="")
+        except msgspec.DecodeError as exc:
+            return f"bad start-up message: {exc}".encode()
+        if theirs != self.config:
+            return b"the shared ledger writer serves another ledger configuration"
+        return childproc.READY
+
+    def handle(self, body: bytes) -> bytes:
+        return self.handle_many([body])[0]
+
+    def handle_many(self, bodies: list[bytes]) -> list[bytes]:
+        """Batches that arrived together (from several workers, with a shared
+        writer) go into one transaction, up to ``max_batch`` groups each."""
+        replies: list[bytes] = [b""] * len(bodies)
+        chunk: list[tuple[int, _Batch]] = []
+        size = 0
+        for i, body in enumerate(bodies):
+            try:
+                batch = _decode_batch(body)
+            except msgspec.DecodeError as exc:
+                replies[i] = _encode(_Reply(error=repr(exc)))
+                continue
+            if chunk and size + len(batch.groups) > self.config.max_batch:
+                self._apply(chunk, replies)
+                chunk, size = [], 0
+            chunk.append((i, batch))
+            size += len(batch.groups)
+        if chunk:
+            self._apply(chunk, replies)
+        return replies
+
+    def _apply(self, chunk: list[tuple[int, _Batch]], replies: list[bytes]) -> None:
+        """One transaction for the chunk's batches; each batch's reply into `replies`."""
+        if len(chunk) == 1:
+            groups, now_us = chunk[0][1].groups, chunk[0][1].now_us
+        else:
+            groups = [g for _, batch in chunk for g in batch.groups]
+            # Stamped by their workers within a commit's time of each other.
+            now_us = max(batch.now_us for _, batch in chunk)
+        try:
+            results = self.backend.apply(groups, now_us)
         except CommitFailed as exc:
-            return _encode(_Reply(commit_failed=str(exc)))
+            failed = _encode(_Reply(commit_failed=str(exc)))
         except Exception as exc:
             log.exception("ledger writer process: unexpected error applying a batch")
-            return _encode(_Reply(error=repr(exc)))
+            failed = _encode(_Reply(error=repr(exc)))
+        else:
+            k = 0
+            for i, batch in chunk:
+                n = len(batch.groups)
+                replies[i] = _encode(
+                    _Reply(results=[None if all_plain_ok(r) else r for r in results[k : k + n]])
+                )
+                k += n
+            return
+        for i, _ in chunk:
+            replies[i] = failed
 
     def close(self) -> None:
         self.backend.close()
@@ -212,3 +273,8 @@ class _Writer(childproc.Handler):
 
 def child_main(fd: int) -> int:
     return childproc.serve(fd, "ledger writer process", _Writer)
+
+
+def shared_main(lifeline_fd: int, listen_fd: int) -> int:
+    """The machine's one ledger writer, shared by `switchd run --workers N`' workers."""
+    return childproc.serve_shared(lifeline_fd, listen_fd, "shared ledger writer", _Writer)

@@ -1,4 +1,5 @@
-"""`switchd run --workers 2`: shared port, shared keys and ledger, a dead worker restarted."""
+"""`switchd run --workers 2`: shared port, shared keys and ledger writer, a dead worker
+or ledger writer restarted."""
 
 from __future__ import annotations
 
@@ -26,9 +27,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def worker_pids(supervisor: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(supervisor)], capture_output=True, text=True)
+def children(supervisor: int, pattern: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", pattern],
+                         capture_output=True, text=True)  # fmt: skip
     return [int(p) for p in out.stdout.split()]
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    return children(supervisor, "cli run --worker")
+
+
+def writer_pids(supervisor: int) -> list[int]:
+    return children(supervisor, "shared_main")
 
 
 async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: Path) -> None:
@@ -53,6 +63,10 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
         # connects on reading the line is not refused.
         assert line.decode() == f"switchd: terminals on 127.0.0.1:{port} (2 workers)\n"
         assert len(worker_pids(proc.pid)) == 2
+        # One ledger writer for both workers: theirs are not started.
+        assert len(writer_pids(proc.pid)) == 1
+        for worker in worker_pids(proc.pid):
+            assert children(worker, "writer_process") == []
         (await trio.open_tcp_stream(*addr)).socket.close()
         terms: list[Conn] = []
         for i in range(8):
@@ -85,6 +99,16 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             fresh.term = c.term
             total += await sales(fresh, 4 + i, 2)
         assert total == 24 + 16
+        # The shared ledger writer killed: the supervisor starts another and
+        # the workers send their unanswered batches to it.
+        (writer,) = writer_pids(proc.pid)
+        os.kill(writer, signal.SIGKILL)
+        for i, c in enumerate(terms):
+            fresh = await connect_to(addr, c.term.tid, c.term.mid)
+            fresh.term = c.term
+            total += await sales(fresh, 4 + i, 1)
+        assert total == 24 + 16 + 8
+        assert len(writer_pids(proc.pid)) == 1 and writer_pids(proc.pid) != [writer]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -94,5 +118,5 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             acct = await ledger.account(card_account_id(demo_pan(4 + i), b"demo-pan-hash-key"))
             assert acct is not None
             spent += 100_000_00 - acct.available
-        assert spent == 40 * 1_00
+        assert spent == 48 * 1_00
         assert await ledger.audit() == []
