@@ -43,6 +43,10 @@ Decisions:
   is not content.
 - Over-completion is supported up to the `post_tolerance` the pre-auth was
   created with (minor units); the excess is checked like a new debit.
+- Reversing a completion (its void, or the terminal's 0400) holds its hold
+  again, with its expiry, so the pre-authorization may be completed anew;
+  reversing a pre-auth cancel does the same (UNVOID). Undoing either reversal
+  undoes that too, and is refused where it would charge a hold twice.
 - A 0400 that overtakes its original tombstones the original's id: the
   original, if it arrives later, is refused with ALREADY_REVERSED. With
   several writers (PostgreSQL), the tombstone and the original's insert are

@@ -78,8 +78,12 @@ def all_plain_ok(results: Sequence[Result]) -> bool:
 
 _PENDING = PendingState.PENDING.value
 _POSTED = TransferType.POSTED.value
+_POST = TransferType.POST.value
+_HELD_POSTED = PendingState.POSTED.value
 _REVERSE = TransferType.REVERSE.value
 _VOID = TransferType.VOID.value
+#: Transfers whose reversal changes the state of the transfer they refer to.
+_UNDOING = frozenset((_REVERSE, _VOID, _POST))
 #: Fingerprint of a rejection recorded for an id nobody submitted yet: a
 #: transfer reversed before it arrived. Real fingerprints are hashes, never this.
 TOMBSTONE = bytes(16)
@@ -440,17 +444,28 @@ class _Batch:
             # Transfers are immutable: read before any lock, they tell which
             # states to lock too. Reversing a reversal makes what it reversed
             # reversible again (_reverse), reversing a void holds its hold
-            # again (_unvoid): that transfer's state is locked with the
-            # others, in the one ascending order.
+            # again (_unvoid), reversing a completion holds its hold again and
+            # reversing that reversal posts the hold once more
+            # (_hold_again, _post_again): the states of those transfers are
+            # locked with the others, in the one ascending order, and the
+            # transfers read along the chain (a reversal, its completion, the
+            # completion's hold) one link per round.
             states = set(refs)
-            for row in store.load_transfers(sorted(refs)):
-                x = _Xfer(*row)
-                self.transfers[x.id] = x
-                accts.add(x.debit)
-                accts.add(x.credit)
-                if (x.type == _REVERSE or x.type == _VOID) and x.ref is not None \
-                        and x.id in reversed_ids:  # fmt: skip
-                    states.add(x.ref)
+            follow = reversed_ids
+            todo = sorted(refs)
+            while todo:
+                further: set[bytes] = set()
+                for row in store.load_transfers(todo):
+                    x = _Xfer(*row)
+                    self.transfers[x.id] = x
+                    accts.add(x.debit)
+                    accts.add(x.credit)
+                    if x.ref is not None and x.id in follow and x.type in _UNDOING:
+                        states.add(x.ref)
+                        if x.type != _VOID and x.ref not in self.transfers:
+                            further.add(x.ref)
+                follow = further
+                todo = sorted(further)
             for row in store.load_states(sorted(states)):
                 self.states[row[0]] = _State(row)
         cache = self.cache
@@ -1028,11 +1043,15 @@ class _Batch:
         d, c = self.accounts[orig.credit], self.accounts[orig.debit]
         if d.closed or c.closed:
             return Result(RC.ACCOUNT_CLOSED)
+        if orig.type == _REVERSE and orig.ref is not None:
+            self._post_again(orig)  # first: the hold it releases pays for the re-post
         self._check_debit(d, orig.amount)
         self._move(d, c, orig.amount, 0)
         self._touch_state(st)
         st.reversed_by = idb
-        if orig.type == _REVERSE and orig.ref is not None:
+        if orig.type == _POST:
+            self._hold_again(orig)
+        elif orig.type == _REVERSE and orig.ref is not None:
             # A reversal undone (a terminal's 0400 for its void) puts back what
             # it had reversed: the sale stands and may be voided again.
             undone = self.states.get(orig.ref)
@@ -1054,6 +1073,60 @@ class _Batch:
         )  # type: ignore[index]
         self._insert(x, op.code, op.meta)
         return _OK
+
+    def _hold_again(self, post: _Xfer) -> None:
+        """A completion reversed (its void, or the terminal's 0400): the
+        pre-authorization stands again, as before the completion, and may be
+        completed or cancelled again. Its hold comes back with its original
+        expiry; past that expiry it ends as expired instead. If the payer can
+        no longer cover the hold (it spent the money since a partial
+        completion), the hold stays ended: the reversal itself still stands.
+        """
+        held = self.states.get(post.ref) if post.ref is not None else None
+        p = self.transfers.get(post.ref) if post.ref is not None else None
+        if held is None or p is None or held.pending_state != _HELD_POSTED \
+                or held.resolved_by != post.id:  # fmt: skip
+            return
+        if held.expires_at is not None and self.now >= held.expires_at:
+            self._touch_state(held)
+            held.pending_state = PendingState.EXPIRED.value
+            held.resolved_by = None
+            return
+        d, c = self.accounts[p.debit], self.accounts[p.credit]
+        if d.closed or c.closed:
+            return
+        try:
+            self._check_debit(d, p.amount)
+        except _Reject:
+            return
+        self._move(d, c, 0, p.amount)
+        self._touch_state(held)
+        held.pending_state = _PENDING
+        held.resolved_by = None
+
+    def _post_again(self, reversal: _Xfer) -> None:
+        """A completion's reversal undone: the completion stands again, so the
+        hold that reversal gave back (`_hold_again`) is used up again. Refused
+        when the hold has been completed again since: posting both would
+        charge the card twice."""
+        post = self.transfers.get(reversal.ref) if reversal.ref is not None else None
+        if post is None or post.type != _POST or post.ref is None:
+            return
+        posted = self.states.get(post.id)
+        if posted is None or posted.reversed_by != reversal.id:
+            return
+        held = self.states.get(post.ref)
+        p = self.transfers.get(post.ref)
+        if held is None or p is None:
+            return
+        if held.pending_state == _HELD_POSTED and held.resolved_by != post.id:
+            raise _Reject(RC.PENDING_ALREADY_POSTED)
+        if held.pending_state != _PENDING:
+            return  # cancelled or expired since: the completion is posted without it
+        self._move(self.accounts[p.debit], self.accounts[p.credit], 0, -p.amount)
+        self._touch_state(held)
+        held.pending_state = _HELD_POSTED
+        held.resolved_by = post.id
 
     def _unvoid(self, idb: bytes, void: _Xfer, st: _State, op: Reverse) -> Result:
         """Reverse a void: the hold it released is held again, as it was.

@@ -114,7 +114,8 @@ def undo(req: Request, kind: str, original: Sequence[TransferRecord]) -> list[Op
     `original` is `Ledger.request_transfers(...)` of the request undone.
     Posted legs are reversed, a hold is voided, and a void leg (a pre-auth
     cancel) is reversed too, which holds its hold again (the ledger's
-    UNVOID). Reversing a completion does not restore its hold. With no
+    UNVOID). Reversing a completion holds its hold again (the
+    pre-authorization may be completed again). With no
     original on record (a 0400 that overtook its original) use
     `undo_missing` instead.
     """

@@ -239,6 +239,58 @@ async def test_a_reversed_void_holds_its_hold_again(config: LedgerConfig) -> Non
         assert await ledger.audit() == []
 
 
+async def test_a_reversed_completion_holds_its_hold_again(config: LedgerConfig) -> None:
+    """A completion voided or reversed: the pre-authorization stands again (its
+    hold, with its expiry) and may be completed again; reversing that reversal
+    uses the hold up again, and is refused once the hold was completed again."""
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=1_000)
+
+        async def avail() -> int:
+            return (await ledger.account(c.card)).available  # type: ignore[union-attr]
+
+        async def state(xid: int) -> PendingState:
+            return (await ledger.transfer(xid)).pending_state  # type: ignore[union-attr,return-value]
+
+        assert (await ledger.execute(Transfer(110, c.card, c.merchant, 600, "preauth",
+                                              pending=True, timeout_s=3600))).ok  # fmt: skip
+        assert (await ledger.execute(PostPending(111, 110, 400, "completion"))).ok
+        assert await avail() == 600
+        for _ in range(2):  # repeated: once
+            assert (await ledger.execute(Reverse(112, 111, "completion_void"))).code is RC.OK
+            assert await avail() == 400 and await state(110) is PendingState.PENDING
+        # Its reversal undone (the terminal's 0400 for the void): posted again.
+        assert (await ledger.execute(Reverse(113, 112, "reversal"))).ok
+        assert await avail() == 600 and await state(110) is PendingState.POSTED
+        assert (await ledger.execute(PostPending(114, 110, 100, "completion"))).code is \
+            RC.PENDING_ALREADY_POSTED
+        # Reversed again (the completion is reversible again), then completed anew.
+        assert (await ledger.execute(Reverse(115, 111, "reversal"))).ok
+        assert await avail() == 400
+        assert (await ledger.execute(PostPending(116, 110, 500, "completion"))).ok
+        assert await avail() == 500
+        # The first completion cannot come back on top of the second one.
+        assert (await ledger.execute(Reverse(117, 115, "reversal"))).code is \
+            RC.PENDING_ALREADY_POSTED
+        assert await avail() == 500
+        # Spent since a partial completion: the reversal stands, the hold cannot.
+        assert (await ledger.execute(Transfer(120, c.card, c.merchant, 400, "preauth",
+                                              pending=True, timeout_s=3600))).ok  # fmt: skip
+        assert (await ledger.execute(PostPending(121, 120, 100, "completion"))).ok
+        assert (await ledger.execute(Transfer(122, c.card, c.merchant, 350, "sale"))).ok
+        assert await avail() == 50
+        assert (await ledger.execute(Reverse(123, 121, "reversal"))).ok
+        assert await avail() == 150 and await state(120) is PendingState.POSTED
+        # Past the hold's expiry: it ends as expired.
+        assert (await ledger.execute(Transfer(130, c.card, c.merchant, 100, "preauth",
+                                              pending=True, timeout_s=1))).ok  # fmt: skip
+        assert (await ledger.execute(PostPending(131, 130, 100, "completion"))).ok
+        await trio.sleep(1.1)
+        assert (await ledger.execute(Reverse(132, 131, "reversal"))).ok
+        assert await avail() == 150 and await state(130) is PendingState.EXPIRED
+        assert await ledger.audit() == []
+
+
 async def test_sale_void_and_settlement(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger, funds=100_000)

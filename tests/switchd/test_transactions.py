@@ -204,6 +204,10 @@ async def test_preauth_completion_cancel(switch: Switch) -> None:
     done = t.remember("completion", r, cstan)
     r = await c.call(t.frame(*rq.completion_void(t.ident, card(15), t.next_stan(), 250_00, done)))
     assert r.rc == "00"
+    # The pre-authorization stands again (held), to be completed anew or cancelled.
+    assert await available(switch, 15) == 100_000_00 - 300_00
+    r = await c.call(t.frame(*rq.preauth_cancel(t.ident, card(15), t.next_stan(), 300_00, hold)))
+    assert r.rc == "00"
     assert await available(switch, 15) == 100_000_00
     # a second hold, cancelled
     stan = t.next_stan()
@@ -267,6 +271,30 @@ async def test_a_cancel_reversed_after_the_money_was_spent_is_answered_00(
     r = await c.call(t.frame(*rq.completion(t.ident, card(30), t.next_stan(), 1_00, hold)))
     assert r.rc != "00"
     assert await available(switch, 30) == 50_000_00
+
+
+async def test_a_reversed_completion_leaves_the_preauth_to_complete_again(
+    switch: Switch,
+) -> None:
+    """Pre-auth completion is reversible (PROTOCOL.md §3): a terminal that got no
+    answer to its completion reverses it; the hold stands again, and the
+    completion sent anew is approved, charging the card once."""
+    c = await signed_on(switch, "10000008")
+    t = c.term
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(31), stan, 500_00, PIN, t.pik)))
+    assert r.rc == "00"
+    hold = t.remember("preauth", r, stan)
+    mti, done = rq.completion(t.ident, card(31), t.next_stan(), 450_00, hold)
+    assert (await c.call(t.frame(mti, done))).rc == "00"
+    assert await available(switch, 31) == 100_000_00 - 450_00
+    for _ in range(2):  # repeated: undone once
+        r = await c.call(t.frame(*rq.reversal(done, "98")))
+        assert r.rc == "00" and r.mac_ok
+        assert await available(switch, 31) == 100_000_00 - 500_00
+    r = await c.call(t.frame(*rq.completion(t.ident, card(31), t.next_stan(), 450_00, hold)))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 31) == 100_000_00 - 450_00
 
 
 async def test_completion_over_the_tolerance_is_refused(switch: Switch) -> None:
