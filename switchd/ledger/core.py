@@ -487,13 +487,15 @@ class _Batch:
                 self.batches[tid] = current
                 self.loaded_batches.add(tid)
         # Without references (a batch of sales), both lookups take the new ids:
-        # sorted once.
-        fresh = sorted(new_ids - refs if refs else new_ids)
+        # sorted once, and only for a store that locks (a lone writer's
+        # lookups need no order: sorting a batch's ids cost as much as a rule).
+        order = sorted if store.concurrent else list
+        fresh = order(new_ids - refs if refs else new_ids)
         if fresh:
             for row in store.load_transfers(fresh):
                 x = _Xfer(*row)
                 self.transfers[x.id] = x
-        xids = sorted(new_ids | refs) if refs else fresh
+        xids = order(new_ids | refs) if refs else fresh
         if xids:
             for rid, fp, code in store.load_rejections(xids):
                 self.rejections[rid] = (fp, code)
