@@ -351,6 +351,9 @@ class _Batch:
         self.exclusive = exclusive
         self.cache = cache
         self.accounts: dict[bytes, _Acct] = {}
+        # The accounts of plain transfers as loaded, by their int ids: the hot
+        # path looks them up without converting each id to bytes again.
+        self.by_int: dict[int, _Acct] = {}
         self.transfers: dict[bytes, _Xfer] = {}
         self.states: dict[bytes, _State] = {}
         self.rejections: dict[bytes, tuple[bytes, str]] = {}
@@ -382,6 +385,8 @@ class _Batch:
         accts: set[bytes] = set()
         tids: set[str] = set()
         reversed_ids: set[bytes] = set()
+        # Accounts of well-formed transfers, as ints: converted once each, not once per use.
+        transfer_accts: set[int] = set()
         expire_limit = 0
 
         def add(ids: set[bytes], value: object) -> None:
@@ -402,8 +407,8 @@ class _Batch:
                         and ID_MIN <= ci <= ID_MAX
                     ):
                         new_ids.add(i.to_bytes(16, "big"))
-                        accts.add(di.to_bytes(16, "big"))
-                        accts.add(ci.to_bytes(16, "big"))
+                        transfer_accts.add(di)
+                        transfer_accts.add(ci)
                     else:
                         add(new_ids, i)
                         add(accts, di)
@@ -424,6 +429,9 @@ class _Batch:
                         tids.add(op.terminal_id)  # type: ignore[union-attr]
                 elif t is ExpireDue:
                     expire_limit = max(expire_limit, op.limit)  # type: ignore[union-attr]
+
+        keys = {v: v.to_bytes(16, "big") for v in transfer_accts}
+        accts.update(keys.values())
 
         # With several writers, a new transfer id and a tombstone for it must
         # not be decided at once by two batches (see `Store.guard_new_ids`).
@@ -482,6 +490,8 @@ class _Batch:
         if accts:
             for row in store.load_accounts(sorted(accts)):
                 self.accounts[row[0]] = _Acct(*row, False, _blob(row[0]))
+        accounts = self.accounts
+        self.by_int = {v: a for v, k in keys.items() if (a := accounts.get(k)) is not None}
         if tids:
             for tid, current in store.load_terminal_batches(sorted(tids)):
                 self.batches[tid] = current
@@ -658,6 +668,11 @@ class _Batch:
             return Result(RC.META_INVALID)
         return None
 
+    def _account_or_none(self, value: object) -> _Acct | None:
+        if type(value) is not int or not ID_MIN <= value <= ID_MAX:
+            return None
+        return self.accounts.get(value.to_bytes(16, "big"))
+
     def _account(self, value: object, missing: ResultCode) -> _Acct:
         if type(value) is not int or not valid_id(value):
             raise _Reject(missing)
@@ -775,21 +790,19 @@ class _Batch:
             return Result(RC.META_INVALID)
         if di == ci:
             return Result(RC.ACCOUNTS_SAME)
-        accounts = self.accounts
-        d = (
-            accounts.get(di.to_bytes(16, "big"))
-            if type(di) is int and ID_MIN <= di <= ID_MAX
-            else None
-        )
+        # by_int holds the accounts loaded for this batch's transfers; one
+        # created earlier in this batch is found under its bytes id.
+        by_int = self.by_int
+        d = by_int.get(di) if type(di) is int else None
         if d is None:
-            return Result(RC.DEBIT_ACCOUNT_NOT_FOUND)
-        c = (
-            accounts.get(ci.to_bytes(16, "big"))
-            if type(ci) is int and ID_MIN <= ci <= ID_MAX
-            else None
-        )
+            d = self._account_or_none(di)
+            if d is None:
+                return Result(RC.DEBIT_ACCOUNT_NOT_FOUND)
+        c = by_int.get(ci) if type(ci) is int else None
         if c is None:
-            return Result(RC.CREDIT_ACCOUNT_NOT_FOUND)
+            c = self._account_or_none(ci)
+            if c is None:
+                return Result(RC.CREDIT_ACCOUNT_NOT_FOUND)
         if d.closed or c.closed:
             return Result(RC.ACCOUNT_CLOSED)
         if d.currency != c.currency:

@@ -85,6 +85,44 @@ async def test_transfer_rules(config: LedgerConfig) -> None:
         assert await ledger.audit() == []
 
 
+async def test_transfers_find_accounts_loaded_or_created_in_their_batch(
+    config: LedgerConfig,
+) -> None:
+    # The plain-transfer path finds loaded accounts by int id and falls back to
+    # the batch's own accounts (created earlier in it); malformed ids are not found.
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=10_000)
+        cases = [
+            (CreateAccount(501, AccountKind.MERCHANT, CNY), RC.OK),
+            (Transfer(21, c.card, 501, 7, "sale"), RC.OK),  # created above, same batch
+            (Transfer(22, 501, c.merchant, 3, "sale"), RC.OK),
+            (Transfer(23, 502, c.merchant, 3, "sale"), RC.DEBIT_ACCOUNT_NOT_FOUND),
+            (CreateAccount(502, AccountKind.MERCHANT, CNY), RC.OK),
+            (Transfer(24, 502, c.merchant, 3, "sale"), RC.OK),  # 502 exists from here on
+            (Transfer(25, True, c.merchant, 3, "sale"), RC.DEBIT_ACCOUNT_NOT_FOUND),  # type: ignore[arg-type]
+            (Transfer(26, c.card, "501", 3, "sale"), RC.CREDIT_ACCOUNT_NOT_FOUND),  # type: ignore[arg-type]
+            (Transfer(27, c.card, 2**128, 3, "sale"), RC.CREDIT_ACCOUNT_NOT_FOUND),
+            (Transfer(28, 0, c.merchant, 3, "sale"), RC.DEBIT_ACCOUNT_NOT_FOUND),
+        ]
+        results = await ledger.submit([op for op, _ in cases])
+        assert [r.code for r in results] == [code for _, code in cases]
+        m501, m502 = await ledger.account(501), await ledger.account(502)
+        assert m501 is not None and m501.balance == 7 - 3
+        assert m502 is not None and m502.balance == -3
+        # A linked group whose account creation is undone takes its transfer with it.
+        linked = await ledger.submit_linked([
+            CreateAccount(503, AccountKind.MERCHANT, CNY),
+            Transfer(29, c.card, 503, 5, "sale"),
+            Transfer(30, c.card, c.merchant, 10**9, "sale"),  # insufficient funds
+        ])
+        assert [r.code for r in linked] == [RC.LINKED_EVENT_FAILED, RC.LINKED_EVENT_FAILED,
+                                            RC.INSUFFICIENT_FUNDS]
+        assert await ledger.account(503) is None
+        assert (await ledger.execute(Transfer(31, c.card, 503, 5, "sale"))).code is \
+            RC.CREDIT_ACCOUNT_NOT_FOUND
+        assert await ledger.audit() == []
+
+
 async def test_idempotency_and_first_answer(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger, funds=1_000)
