@@ -21,6 +21,10 @@ different call counts, and divide the difference:
     valgrind --tool=callgrind --callgrind-out-file=b.out \\
         python -m bench.hsm_local --calls 2200
     # (summary of b.out - summary of a.out) / 2000 = instructions per call
+
+That figure is the client path and the baseline together. `--part link` runs
+only the calls through the client, pool and link, `--part core` only the
+baseline (after warming the key caches the same way), to count each alone.
 """
 
 from __future__ import annotations
@@ -47,25 +51,34 @@ async def verify(hsm: HsmClient, work: Workload, calls: int) -> None:
             raise AssertionError("a PIN that should verify did not")
 
 
-async def bench(calls: int, terminals: int) -> dict[str, object]:
+PARTS = ("both", "link", "core")
+
+
+async def bench(calls: int, terminals: int, part: str = "both") -> dict[str, object]:
+    """`part`: both (the default), or only the calls through the link, or only the core."""
     # The same keys as bench.hsm's, made under an LMK of their own: the
     # server's LMK starts with an empty decrypted-key cache, as a switch's
     # does, and the handlers fill it.
     work = Workload(terminals)
     server = HsmServer(thales_test_lmk())
-    async with open_hsm_client([server], timeout=5.0) as hsm:
-        await verify(hsm, work, terminals)  # warm the caches
-        start = time.process_time()
-        await verify(hsm, work, calls)
-        cpu = time.process_time() - start
-    core = core_only(server, work, calls)
+    cpu = core = None
+    if part != "core":
+        async with open_hsm_client([server], timeout=5.0) as hsm:
+            await verify(hsm, work, terminals)  # warm the caches
+            start = time.process_time()
+            await verify(hsm, work, calls)
+            cpu = time.process_time() - start
+    if part != "link":
+        if part == "core":
+            core_only(server, work, terminals)  # warm the caches
+        core = core_only(server, work, calls)
     return {
         "calls": calls,
         "terminals": terminals,
-        "cpu_s": round(cpu, 4),
-        "cpu_us_per_call": round(cpu / calls * 1e6, 2) if calls else None,
-        "core_us_per_call": round(core / calls * 1e6, 2) if calls else None,
-        "client_over_core": round(cpu / core, 2) if core else None,
+        "cpu_s": None if cpu is None else round(cpu, 4),
+        "cpu_us_per_call": round(cpu / calls * 1e6, 2) if cpu is not None and calls else None,
+        "core_us_per_call": round(core / calls * 1e6, 2) if core is not None and calls else None,
+        "client_over_core": round(cpu / core, 2) if cpu is not None and core else None,
     }
 
 
@@ -90,10 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=20000, help="verify_pin_pvv calls")
     parser.add_argument("--terminals", type=int, default=1000, help="distinct TPKs used")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--part", choices=PARTS, default="both",
+        help="both; or only the calls through the client, pool and link; or only the core",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    result = trio.run(bench, args.calls, args.terminals)
+    result = trio.run(bench, args.calls, args.terminals, args.part)
     if args.json:
         print(json.dumps(result))
+    elif args.part == "link":
+        print(f"{result['calls']} DC calls: {result['cpu_us_per_call']} us CPU per call through"
+              " the client, pool and link")
+    elif args.part == "core":
+        print(f"{result['calls']} DC calls: {result['core_us_per_call']} us CPU per call,"
+              " the HSM core alone")
     else:
         print(f"{result['calls']} DC calls: {result['cpu_us_per_call']} us CPU per call through"
               f" the client, pool and link; baseline, the HSM core alone:"

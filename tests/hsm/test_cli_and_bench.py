@@ -50,3 +50,7 @@ async def test_local_bench_measures() -> None:
     result = await hsm_local.bench(calls=50, terminals=5)
     assert isinstance(result["cpu_us_per_call"], float) and result["cpu_us_per_call"] > 0
     assert isinstance(result["core_us_per_call"], float) and result["core_us_per_call"] > 0
+    link = await hsm_local.bench(50, 5, "link")
+    core = await hsm_local.bench(50, 5, "core")
+    assert link["cpu_us_per_call"] and link["core_us_per_call"] is None
+    assert core["core_us_per_call"] and core["cpu_us_per_call"] is None
