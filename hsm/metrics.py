@@ -12,6 +12,8 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from hsm.cheap_metrics import cheap
+
 REQUESTS = Counter(
     "hsm_client_requests",
     "HSM commands sent by the client pool, by command and result "
@@ -49,11 +51,13 @@ _CHILDREN: dict[tuple[Any, ...], Any] = {}
 
 
 def labelled(metric: MetricWrapperBase, *values: str) -> Any:
-    """`metric.labels(*values)`, remembered: labels() takes a lock and checks its
-    arguments on every call, a cost paid once per command otherwise. The label
-    values are from fixed sets (see above), so the cache stays small."""
+    """`metric.labels(*values)` for a Counter or Histogram, remembered, with the
+    same `inc()` / `observe(amount)`: labels() takes a lock and checks its
+    arguments on every call, a cost paid once per command otherwise, and the
+    child's own update costs more than it needs to (hsm/cheap_metrics.py).
+    The label values are from fixed sets (see above), so the cache stays small."""
     key = (metric, *values)
     child = _CHILDREN.get(key)
     if child is None:
-        child = _CHILDREN[key] = metric.labels(*values)
+        child = _CHILDREN[key] = cheap(metric.labels(*values))
     return child

@@ -73,6 +73,30 @@ async def test_metrics_move_with_traffic(env: Env) -> None:
         assert any(n == present for n, _ in after), present
 
 
+# The HSM series one PIN sale moves by exactly one (its DC through the embedded HSM).
+HSM_PER_PIN_SALE = [
+    ("hsm_client_requests_total", {"command": "DC", "result": "ok"}),
+    ("hsm_client_request_duration_seconds_count", {"command": "DC"}),
+    ("hsm_client_request_duration_seconds_bucket", {"command": "DC", "le": "+Inf"}),
+    ("hsm_server_commands_total", {"command": "DC", "code": "00"}),
+]
+
+
+async def test_hsm_metrics_count_each_pin_sale(env: Env) -> None:
+    c = await signed_on(env.switch, "10000014", MID)
+    await sale(c, 33, 1_00)
+    before = samples(await scrape(env))
+    for _ in range(4):
+        assert (await sale(c, 33, 1_00))[1].rc == "00"
+    after = samples(await scrape(env))
+    for name, labels in HSM_PER_PIN_SALE:
+        assert value(after, name, **labels) == value(before, name, **labels) + 4, name
+    dc = {"command": "DC"}
+    assert value(after, "hsm_client_request_duration_seconds_sum", **dc) > value(
+        before, "hsm_client_request_duration_seconds_sum", **dc
+    )
+
+
 def served_names(text: str) -> set[str]:
     """Every series name /metrics serves or declares (a labelled metric with no
     series yet is declared by its # TYPE line)."""

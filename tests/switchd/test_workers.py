@@ -10,12 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
+from admin_api.migrations import DEMO_SRE_TOKEN
 from fastpath import requests as rq
 from switchd.config import load
 from switchd.daemon import ledger_config
-from switchd.demo import demo_pan
+from switchd.demo import DEMO_PIN, demo_pan
 from switchd.ledger import card_account_id, open_ledger
 
 from .conftest import Conn, connect_to
@@ -41,27 +44,36 @@ def writer_pids(supervisor: int) -> list[int]:
     return children(supervisor, "shared_main")
 
 
-async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: Path) -> None:
-    port = free_port()
+def start_workers(tmp_path: Path, port: int, admin_port: int = 0) -> subprocess.Popen[bytes]:
     cfg_path = tmp_path / "switchd.toml"
     cfg_path.write_text(
         f'data_dir = "{tmp_path / "var"}"\n[[listeners]]\nport = {port}\n'
-        "[admin]\nport = 0\n[demo]\nterminals_per_merchant = 20\ncards = 40\n"
+        f"[admin]\nport = {admin_port}\n[demo]\nterminals_per_merchant = 20\ncards = 40\n"
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "switchd.cli", "run", "--workers", "2", "--config", str(cfg_path)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+async def wait_listening(proc: subprocess.Popen[bytes], port: int) -> None:
+    assert proc.stdout is not None
+    with trio.fail_after(60):
+        line = b""
+        while b"terminals on" not in line:  # the workers print their HSM's address
+            line = await trio.to_thread.run_sync(proc.stdout.readline)
+    # The port is announced once both workers listen: a client that
+    # connects on reading the line is not refused.
+    assert line.decode() == f"switchd: terminals on 127.0.0.1:{port} (2 workers)\n"
+
+
+async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: Path) -> None:
+    port = free_port()
+    cfg_path = tmp_path / "switchd.toml"
+    proc = start_workers(tmp_path, port)
     try:
         addr = ("127.0.0.1", port)
-        assert proc.stdout is not None
-        with trio.fail_after(60):
-            line = b""
-            while b"terminals on" not in line:  # the workers print their HSM's address
-                line = await trio.to_thread.run_sync(proc.stdout.readline)
-        # The port is announced once both workers listen: a client that
-        # connects on reading the line is not refused.
-        assert line.decode() == f"switchd: terminals on 127.0.0.1:{port} (2 workers)\n"
+        await wait_listening(proc, port)
         assert len(worker_pids(proc.pid)) == 2
         # One ledger writer for both workers: theirs are not started.
         assert len(writer_pids(proc.pid)) == 1
@@ -120,3 +132,41 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             spent += 100_000_00 - acct.available
         assert spent == 48 * 1_00
         assert await ledger.audit() == []
+
+
+async def test_workers_metrics_count_each_hsm_command(tmp_path: Path) -> None:
+    """/metrics of worker 0 merges both workers' files: each PIN sale's DC counted once."""
+    port, admin_port = free_port(), free_port()
+    proc = start_workers(tmp_path, port, admin_port)
+    try:
+        await wait_listening(proc, port)
+        sales = 0
+        for i in range(6):  # the kernel spreads the connections over both workers
+            c = await connect_to(("127.0.0.1", port), f"{10000001 + i}", "898100012340001")
+            await c.sign_on()
+            t = c.term
+            for _ in range(2):
+                sale = rq.sale(t.ident, rq.Card(demo_pan(4 + i), "3012"), t.next_stan(), 1_00,
+                               DEMO_PIN, t.pik)  # fmt: skip
+                assert (await c.call(t.frame(*sale))).rc == "00"
+                sales += 1
+            c.stream.socket.close()
+        async with httpx.AsyncClient() as http:
+            r = await http.get(f"http://127.0.0.1:{admin_port}/metrics",
+                               headers={"Authorization": f"Bearer {DEMO_SRE_TOKEN}"})  # fmt: skip
+        assert r.status_code == 200
+        got = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(r.text)
+            for s in fam.samples
+        }
+        dc = (("command", "DC"),)
+        assert got[("hsm_client_requests_total", (*dc, ("result", "ok")))] == sales
+        assert got[("hsm_client_request_duration_seconds_count", dc)] == sales
+        assert got[("hsm_client_request_duration_seconds_bucket", (*dc, ("le", "+Inf")))] == sales
+        assert got[("hsm_client_request_duration_seconds_sum", dc)] > 0
+        assert got[("hsm_server_commands_total", (("code", "00"), *dc))] == sales
+        assert got[("hsm_client_hsm_up", (("hsm", "in-process"),))] == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0

@@ -1,0 +1,164 @@
+"""The HSM's cheaper metric writers (hsm/cheap_metrics.py): /metrics shows what
+prometheus_client's own updates would show, in one process and with several."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from hsm import metrics
+from hsm.cheap_metrics import CheapCount, CheapObserve, cheap
+from hsm.client import TPK, open_hsm_client
+from hsm.codec import HsmCommandError
+from hsm.lmk import LmkSet
+from hsm.server import HsmServer
+from hsm.testing import pin_block
+
+from .conftest import LOCALHOST
+from .test_client import ACCOUNT, PVKI, Keys
+
+ROOT = Path(__file__).resolve().parents[2]
+BUCKETS = metrics.LATENCY._upper_bounds[:-1]
+
+
+def values(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample but the `_created` timestamps (those of two metrics differ)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def pair(kind: type, **kw: object) -> tuple[CollectorRegistry, object, CollectorRegistry, object]:
+    """The same labelled metric in two registries: one child as is, one cheap."""
+    regs = CollectorRegistry(), CollectorRegistry()
+    real, fast = (kind("m", "help", ["command"], registry=r, **kw).labels("DC") for r in regs)
+    return regs[0], real, regs[1], cheap(fast)
+
+
+amounts = st.lists(
+    st.one_of(
+        st.sampled_from([*BUCKETS, 0.0, -1.0, float("inf")]),
+        st.floats(allow_nan=False, min_value=-1.0, max_value=100.0),
+    ),
+    max_size=60,
+)
+
+
+@given(amounts)
+def test_histogram_as_prometheus_observes(observed: list[float]) -> None:
+    ref_reg, ref, reg, fast = pair(Histogram, buckets=BUCKETS)
+    assert isinstance(fast, CheapObserve)
+    for amount in observed:
+        ref.observe(amount)  # type: ignore[attr-defined]
+        fast.observe(amount)
+    assert values(reg) == values(ref_reg)
+
+
+@given(st.integers(0, 50))
+def test_counter_as_prometheus_counts(n: int) -> None:
+    ref_reg, ref, reg, fast = pair(Counter)
+    assert isinstance(fast, CheapCount)
+    for _ in range(n):
+        ref.inc()  # type: ignore[attr-defined]
+        fast.inc()
+    assert values(reg) == values(ref_reg)
+
+
+def test_other_children_are_kept() -> None:
+    gauge = metrics.HSM_UP.labels("x")  # a gauge: left as it is
+    assert cheap(gauge) is gauge
+    assert isinstance(metrics.labelled(metrics.REQUESTS, "DC", "ok"), CheapCount)
+    assert isinstance(metrics.labelled(metrics.LATENCY, "DC"), CheapObserve)
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+SERIES = [
+    ("hsm_client_requests_total", {"command": "DC", "result": "ok"}),
+    ("hsm_client_requests_total", {"command": "DC", "result": "hsm_error"}),
+    ("hsm_client_request_duration_seconds_count", {"command": "DC"}),
+    ("hsm_client_request_duration_seconds_bucket", {"command": "DC", "le": "+Inf"}),
+    ("hsm_server_commands_total", {"command": "DC", "code": "00"}),
+    ("hsm_server_commands_total", {"command": "DC", "code": "01"}),
+    ("hsm_server_commands_total", {"command": "DC", "code": "10"}),
+]
+
+
+async def test_registry_counts_each_command(hsm_port: int, lmk: LmkSet) -> None:
+    """Through the link and over TCP (whose server is in this process too)."""
+    keys = Keys(lmk)
+    good = pin_block(lmk, TPK, keys.tpk, "4321", ACCOUNT)
+    bad = pin_block(lmk, TPK, keys.tpk, "4322", ACCOUNT)
+    for address in (HsmServer(lmk), f"{LOCALHOST}:{hsm_port}"):
+        before = [sample(n, **ls) for n, ls in SERIES]
+        sum_before = sample("hsm_client_request_duration_seconds_sum", command="DC")
+        async with open_hsm_client([address]) as hsm:
+            for block in (good, good, good, bad):
+                await hsm.verify_pin_pvv(keys.tpk, keys.pvk, block, ACCOUNT, PVKI, keys.pvv)
+            with pytest.raises(HsmCommandError):  # a ZPK where a TPK goes: error 10
+                await hsm.verify_pin_pvv(keys.zpk, keys.pvk, good, ACCOUNT, PVKI, keys.pvv)
+        after = [sample(n, **ls) for n, ls in SERIES]
+        assert [a - b for a, b in zip(after, before, strict=True)] == [4, 1, 5, 5, 3, 1, 1]
+        assert sample("hsm_client_request_duration_seconds_sum", command="DC") > sum_before
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import trio
+    from hsm import metrics
+    from hsm.client import TPK, open_hsm_client
+    from hsm.lmk import thales_test_lmk
+    from hsm.server import HsmServer
+    from hsm.testing import pin_block
+    from tests.hsm.test_client import ACCOUNT, PVKI, Keys
+
+    assert type(metrics.labelled(metrics.REQUESTS, "DC", "ok")).__module__.startswith(
+        "prometheus_client"), "multiprocess mode must write every update to its file"
+
+    async def main() -> None:
+        lmk = thales_test_lmk()
+        keys = Keys(lmk)
+        good = pin_block(lmk, TPK, keys.tpk, "4321", ACCOUNT)
+        bad = pin_block(lmk, TPK, keys.tpk, "4322", ACCOUNT)
+        async with open_hsm_client([HsmServer(lmk)]) as hsm:
+            for block in [good] * int(sys.argv[1]) + [bad]:
+                await hsm.verify_pin_pvv(keys.tpk, keys.pvk, block, ACCOUNT, PVKI, keys.pvv)
+
+    trio.run(main)
+    """
+)
+
+
+def test_multiprocess_files_count_each_command(tmp_path: Path) -> None:
+    """Two processes in multiprocess mode: a scrape merging their files counts all."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for n in (3, 4):
+        subprocess.run([sys.executable, "-c", SCRIPT, str(n)], env=env, cwd=ROOT, check=True)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    got = values(registry)
+
+    def at(name: str, **labels: str) -> float:
+        return got.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert at("hsm_client_requests_total", command="DC", result="ok") == 9
+    assert at("hsm_client_request_duration_seconds_count", command="DC") == 9
+    assert at("hsm_client_request_duration_seconds_bucket", command="DC", le="+Inf") == 9
+    assert at("hsm_server_commands_total", command="DC", code="00") == 7
+    assert at("hsm_server_commands_total", command="DC", code="01") == 2
+    assert at("hsm_client_request_duration_seconds_sum", command="DC") > 0
