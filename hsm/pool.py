@@ -57,10 +57,32 @@ SAFE_TO_RETRY = frozenset(
 )  # fmt: skip
 
 
-# (command, result) -> its request counter and its latency histogram: one
-# lookup per request instead of two label lookups. Commands are the client's
-# own (see SAFE_TO_RETRY) and results a fixed set, so it stays small.
-_REQUEST_METRICS: dict[tuple[str, str], tuple[Any, Any]] = {}
+class _Command:
+    """What a request needs of its command code, made once per code: its name,
+    whether it may be retried, its latency histogram and "ok" counter children.
+    Codes are the client's own (see SAFE_TO_RETRY), so few. The children are
+    made by the first request that ends, as before, so that no series shows
+    on /metrics before a command has been counted in it."""
+
+    __slots__ = ("latency", "name", "ok", "retry")
+
+    def __init__(self, code: bytes) -> None:
+        self.name = code.decode("ascii")
+        self.retry = self.name in SAFE_TO_RETRY
+        self.ok: Any = None
+        self.latency: Any = None
+
+    def count(self, result: str, seconds: float) -> None:
+        """Count a request that did not succeed, or the first one that did."""
+        counter = metrics.labelled(metrics.REQUESTS, self.name, result)
+        self.latency = metrics.labelled(metrics.LATENCY, self.name)
+        if result == "ok":
+            self.ok = counter
+        counter.inc()
+        self.latency.observe(seconds)
+
+
+_COMMANDS: dict[bytes, _Command] = {}
 
 
 class HsmUnavailable(Exception):
@@ -211,6 +233,9 @@ class HsmPool:
         self.backoff_max = backoff_max
         self.nodes = [HsmNode(self, parse_address(a)) for a in addresses]
         self._rr = 0
+        # trio's clock; run() replaces this with the clock's own method, which
+        # skips the run-context lookup of trio.current_time (two per request).
+        self._now: Callable[[], float] = trio.current_time
         self._changed = trio.Event()
 
     def changed(self) -> None:
@@ -219,6 +244,7 @@ class HsmPool:
         self._changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._now = trio.lowlevel.current_clock().current_time
         async with trio.open_nursery() as nursery:
             for node in self.nodes:
                 nursery.start_soon(node.supervise)
@@ -230,7 +256,7 @@ class HsmPool:
             while self._choose(()) is None:
                 await self._changed.wait()
 
-    def _choose(self, tried: Sequence[HsmNode] | set[HsmNode]) -> HsmNode | None:
+    def _choose(self, tried: Sequence[HsmNode]) -> HsmNode | None:
         nodes = self.nodes
         n = len(nodes)
         fallback = None
@@ -243,7 +269,7 @@ class HsmPool:
                 fallback = fallback or node
         return fallback  # every HSM in rotation was tried already: use one again
 
-    async def _node(self, tried: set[HsmNode], timeout: float) -> HsmNode | None:
+    async def _node(self, tried: Sequence[HsmNode], timeout: float) -> HsmNode | None:
         node = self._choose(tried)
         if node is not None:
             return node
@@ -254,10 +280,13 @@ class HsmPool:
 
     async def request(self, body: bytes, decode: Callable[[bytes], T]) -> T:
         """Send a command (code + fields) and decode its reply, with failover."""
-        name = body[:2].decode("ascii")
+        code = body[:2]
+        command = _COMMANDS.get(code) or _COMMANDS.setdefault(code, _Command(code))
+        name = command.name
         timeout = self.command_timeouts.get(name, self.timeout)
-        start = trio.current_time()
-        tried: set[HsmNode] = set()
+        now = self._now
+        start = now()
+        tried: tuple[HsmNode, ...] = ()  # a tuple: made anew only after a failure
         last: Exception | None = None
         result = "unavailable"
         try:
@@ -291,19 +320,17 @@ class HsmPool:
                 else:
                     result = "ok"
                     return value
-                tried.add(node)
-                if name not in SAFE_TO_RETRY:
+                tried = (*tried, node)
+                if not command.retry:
                     break
             raise HsmUnavailable(f"{name}: no HSM answered ({last})") from last
         finally:
-            children = _REQUEST_METRICS.get((name, result))
-            if children is None:
-                children = _REQUEST_METRICS[(name, result)] = (
-                    metrics.labelled(metrics.REQUESTS, name, result),
-                    metrics.labelled(metrics.LATENCY, name),
-                )
-            children[0].inc()
-            children[1].observe(trio.current_time() - start)
+            ok = command.ok
+            if ok is not None and result == "ok":
+                ok.inc()
+                command.latency.observe(now() - start)
+            else:
+                command.count(result, now() - start)
 
 
 @asynccontextmanager

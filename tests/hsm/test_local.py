@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+from prometheus_client import REGISTRY
 
+from hsm import codec
 from hsm.client import TPK, ZPK, open_hsm_client
 from hsm.codec import HsmCommandError, HsmProtocolError
 from hsm.lmk import LmkSet
@@ -87,3 +89,23 @@ async def test_a_cancelled_caller_is_cancelled(lmk: LmkSet) -> None:
             await hsm.diagnostics()
         assert scope.cancelled_caught
         assert (await hsm.diagnostics()).lmk_check_value == "7D22274C5745C5A1"
+
+
+async def test_first_failure_makes_no_ok_series(lmk: LmkSet) -> None:
+    """A command's series appear when a request is counted in them, none before:
+    an unknown command (error 99) shows hsm_error and its latency, and no ok."""
+
+    def decode(body: bytes) -> None:
+        codec.split_reply(b"ZQ", body)
+        raise HsmCommandError("ZQ", body[2:4].decode())
+
+    async with open_hsm_client([HsmServer(lmk)]) as hsm:
+        # The pool times requests by trio's clock, taken once when it started.
+        assert hsm.pool._now.__self__ is trio.lowlevel.current_clock()  # type: ignore[attr-defined]
+        for _ in range(2):
+            with pytest.raises(HsmCommandError):
+                await hsm.pool.request(b"ZQ", decode)
+    assert REGISTRY.get_sample_value(
+        "hsm_client_requests_total", {"command": "ZQ", "result": "ok"}) is None  # fmt: skip
+    assert counter("hsm_client_requests_total", command="ZQ", result="hsm_error") == 2
+    assert counter("hsm_client_request_duration_seconds_count", command="ZQ") == 2
