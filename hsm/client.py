@@ -39,9 +39,9 @@ EXPORT_UNDER_TMK = "1"
 
 # The reply decoders of the verify commands (DC on every PIN sale), made once
 # rather than per call.
-_DECODE_DC = partial(codec.decode_verify, "DC")
-_DECODE_EC = partial(codec.decode_verify, "EC")
-_DECODE_M8 = partial(codec.decode_verify, "M8")
+_DECODE_DC = codec.verify_decoder("DC")
+_DECODE_EC = codec.verify_decoder("EC")
+_DECODE_M8 = codec.verify_decoder("M8")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ an answer (DC/EC/M8 `01` = does not verify; A6 `01` = parity corrected).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # --- results ------------------------------------------------------------------
@@ -87,6 +88,10 @@ def _ok(command: str, body: bytes) -> str:
     if code != "00":
         raise HsmCommandError(command, code)
     return fields
+
+
+# A key field's length by its first character (anything else: 16H, no tag).
+_KEY_LENGTHS = {"U": 33, "X": 33, "T": 49, "Y": 49, "Z": 17}
 
 
 def _key_len(fields: str, pos: int) -> int:
@@ -262,15 +267,16 @@ def _verify(
     code: str, key: str, pvk: str, pin_block: str, account12: str, pvki: str, pvv: str,
     pin_format: str,
 ) -> bytes:  # fmt: skip
-    # Every PIN sale sends one: check the fixed-width fields all at once, and
-    # only when one is wrong go through the checks that name it.
-    fields = pin_block + pin_format + account12 + pvki + pvv
+    # Every PIN sale sends one: join the request once and check it all at
+    # once (the PVK too, which the checks below let through as it is), and
+    # only when something is wrong go through the checks that name it.
+    text = "".join((code, key, pvk, pin_block, pin_format, account12, pvki, pvv))
     if (
-        len(fields) == 35 and len(pin_block) == 16 and len(pin_format) == 2
-        and len(account12) == 12 and len(pvki) == 1 and fields.isascii()
-        and key.isascii() and len(key) == _key_len(key, 0)
+        len(pin_block) == 16 and len(pin_format) == 2 and len(account12) == 12
+        and len(pvki) == 1 and len(pvv) == 4 and len(key) == _KEY_LENGTHS.get(key[:1], 16)
+        and text.isascii()
     ):  # fmt: skip
-        return (code + key + pvk + fields).encode()
+        return text.encode()
     return (
         code + _key_field(key) + pvk + _pin_common(pin_block, pin_format, account12)
         + _field(pvki, 1, "PVKI") + _field(pvv, 4, "PVV")
@@ -313,6 +319,21 @@ def decode_verify(command: str, body: bytes) -> bool:
     if code == "01":
         return False
     raise HsmCommandError(command, code)
+
+
+def verify_decoder(command: str) -> Callable[[bytes], bool]:
+    """`decode_verify` for one command, as a function of the reply alone: the
+    client's DC/EC/M8 decoder, made once (one call per reply, not two)."""
+    verified, not_verified = _VERIFY_REPLIES[command]
+
+    def decode(body: bytes) -> bool:
+        if body == verified:
+            return True
+        if body == not_verified:
+            return False
+        return decode_verify(command, body)
+
+    return decode
 
 
 def dg(pvk: str, pin_under_lmk: str, account12: str, pvki: str) -> bytes:

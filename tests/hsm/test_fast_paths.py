@@ -315,6 +315,18 @@ def test_decode_verify_as_before(command: str, body: bytes, tail: bytes) -> None
     )
 
 
+@given(st.sampled_from(["DC", "EC", "M8"]),
+       st.sampled_from([b"DD", b"ED", b"M9", b"JF", b"XX"]).flatmap(
+           lambda c: st.sampled_from([b"00", b"01", b"10", b"0", b"\xff1", b""]).map(
+               lambda e: c + e)),
+       st.sampled_from([b"", b"x", b"\xff"]))  # fmt: skip
+def test_verify_decoder_as_decode_verify(command: str, body: bytes, tail: bytes) -> None:
+    body += tail
+    assert _outcome(codec.verify_decoder(command), body) == _outcome(
+        ref_decode_verify, command, body
+    )
+
+
 def test_command_counters_stay_bounded() -> None:
     before = len(server._COUNTERS)
     for i in range(300):
