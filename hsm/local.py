@@ -20,19 +20,26 @@ flow yields anyway at its next I/O (the ledger, the socket).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
 from hsm.codec import HsmProtocolError, expected_reply_code
 from hsm.connection import HsmLinkError
 from hsm.core import COMMANDS
-from hsm.server import HsmServer, count_command
+from hsm.server import HsmServer, command_counter
 
 #: The header the link sends: one request at a time, so one value serves.
 _HEADER_CHAR = b"L"
 
 # The reply code each known command expects, made once rather than per request.
 _EXPECTED = {command: expected_reply_code(command) for command in COMMANDS}
+
+# Reply code + error code as answered (b"DD00") -> the command it answers and
+# its counter child: one lookup checks and counts the usual reply. Filled by
+# the replies that passed the full check; known commands and two-digit codes
+# only, so at most 16 x 100 entries.
+_ANSWERS: dict[bytes, tuple[bytes, Any]] = {}
 
 
 class LocalHsmConnection:
@@ -64,10 +71,18 @@ class LocalHsmConnection:
         hl = len(header)
         command = body[:2]
         reply = self._server.core.handle(header + body)
-        count_command(command, reply[hl + 2 : hl + 4])
+        answer = _ANSWERS.get(reply[hl : hl + 4])
+        if answer is not None and answer[0] == command and reply.startswith(header):
+            answer[1].inc()
+            return reply[hl:]
+        counter = command_counter(command, reply[hl + 2 : hl + 4])
+        counter.inc()
         expected = _EXPECTED.get(command) or expected_reply_code(command)
         if not reply.startswith(header) or reply[hl : hl + 2] != expected:
             raise HsmProtocolError(f"reply {reply[: hl + 2]!r} does not answer {command!r}")
+        code = reply[hl + 2 : hl + 4]
+        if command in _EXPECTED and len(code) == 2 and code.isdigit():
+            _ANSWERS[reply[hl : hl + 4]] = (command, counter)
         return reply[hl:]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -104,6 +104,11 @@ _COUNTERS: dict[tuple[bytes, bytes], Any] = {}
 
 def count_command(command: bytes, code: bytes) -> None:
     """Count one answered command in the server's metrics."""
+    command_counter(command, code).inc()
+
+
+def command_counter(command: bytes, code: bytes) -> Any:
+    """The counter child of a command answered with `code` (its `inc()` counts one)."""
     counter = _COUNTERS.get((command, code))
     if counter is None:
         # Unknown command codes are folded into "other" so a peer sending junk
@@ -114,7 +119,7 @@ def count_command(command: bytes, code: bytes) -> None:
         counter = metrics.labelled(metrics.SERVER_COMMANDS, name, code_label)
         if known and len(code) == 2 and code.isdigit():
             _COUNTERS[(command, code)] = counter
-    counter.inc()
+    return counter
 
 
 async def serve_hsm(

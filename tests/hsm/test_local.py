@@ -109,3 +109,25 @@ async def test_first_failure_makes_no_ok_series(lmk: LmkSet) -> None:
         "hsm_client_requests_total", {"command": "ZQ", "result": "ok"}) is None  # fmt: skip
     assert counter("hsm_client_requests_total", command="ZQ", result="hsm_error") == 2
     assert counter("hsm_client_request_duration_seconds_count", command="ZQ") == 2
+
+
+async def test_known_answer_to_another_command_is_a_protocol_error(lmk: LmkSet) -> None:
+    """The link's one-lookup check of usual replies still refuses a reply that
+    answers another command or echoes another header, and counts it as before."""
+    server = HsmServer(lmk)
+    link = LocalHsmConnection(server, "in-process")
+    assert (await link.request(b"NC", 1.0))[:4] == b"ND00"  # ND00 is now a usual reply
+    handle = server.core.handle
+    cases = [
+        (b"DC", lambda message: message[:4] + b"ND00"),  # DC answered as NC
+        (b"NC", lambda message: b"XXXX" + handle(message)[4:]),  # another header
+    ]
+    for command, wrong in cases:
+        served = counter("hsm_server_commands_total", command=command.decode(), code="00")
+        server.core.handle = wrong  # type: ignore[method-assign]
+        with pytest.raises(HsmProtocolError):
+            await link.request(command, 1.0)
+        server.core.handle = handle  # type: ignore[method-assign]
+        after = counter("hsm_server_commands_total", command=command.decode(), code="00")
+        assert after == served + 1
+    assert (await link.request(b"NC", 1.0))[:4] == b"ND00"
