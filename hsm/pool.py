@@ -259,6 +259,13 @@ class HsmPool:
     def _choose(self, tried: Sequence[HsmNode]) -> HsmNode | None:
         nodes = self.nodes
         n = len(nodes)
+        rr = self._rr
+        node = nodes[rr]
+        # The usual case, the loop's first turn without the loop: the next HSM
+        # in turn is in rotation and not tried yet.
+        if node.up and node.conns and node not in tried:
+            self._rr = (rr + 1) % n
+            return node
         fallback = None
         for i in range(n):
             node = nodes[(self._rr + i) % n]

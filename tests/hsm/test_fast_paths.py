@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hsm import codec, errors, handlers_pin, server
+from hsm import codec, errors, handlers_pin, pool, server
 from hsm.context import HsmContext
 from hsm.core import HsmCore
 from hsm.crypto import encrypt
@@ -334,3 +334,40 @@ def test_command_counters_stay_bounded() -> None:
         server.count_command(b"DC", f"{i:03d}".encode()[:2] + b"\xff")  # junk codes
     server.count_command(b"DC", b"00")
     assert len(server._COUNTERS) <= before + 1
+
+
+# --- the pool's choice of HSM against the loop it replaced ---------------------
+
+
+class _Node:
+    def __init__(self, up: bool, conns: int) -> None:
+        self.up = up
+        self.conns = [object()] * conns
+
+
+def ref_choose(pool: Any, tried: Any) -> Any:
+    nodes = pool.nodes
+    n = len(nodes)
+    fallback = None
+    for i in range(n):
+        node = nodes[(pool._rr + i) % n]
+        if node.up and node.conns:
+            if node not in tried:
+                pool._rr = (pool._rr + i + 1) % n
+                return node
+            fallback = fallback or node
+    return fallback
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 2)), min_size=1, max_size=5),
+       st.integers(0, 10), st.lists(st.integers(0, 4), max_size=5), st.integers(1, 6))  # fmt: skip
+def test_choose_as_before(states: list[tuple[bool, int]], rr: int, tried_at: list[int],
+                          rounds: int) -> None:  # fmt: skip
+    nodes = [_Node(up, conns) for up, conns in states]
+    tried = tuple(nodes[i] for i in tried_at if i < len(nodes))
+    fast, ref = (type("P", (), {})() for _ in range(2))
+    for p in (fast, ref):
+        p.nodes, p._rr = nodes, rr % len(nodes)  # type: ignore[attr-defined]
+    for _ in range(rounds):
+        assert pool.HsmPool._choose(fast, tried) is ref_choose(ref, tried)  # type: ignore[arg-type]
+        assert fast._rr == ref._rr  # type: ignore[attr-defined]
