@@ -52,7 +52,9 @@ class LocalHsmConnection:
         on_close: Callable[[LocalHsmConnection, str], None] | None = None,
     ) -> None:
         self._server = server
+        self._core = server.core
         self._header = _HEADER_CHAR * server.header_len
+        self._hl = server.header_len
         self.name = name
         self._on_close = on_close
         self.closed = False
@@ -68,9 +70,9 @@ class LocalHsmConnection:
             raise HsmLinkError(f"connection to {self.name} is closed")
         await trio.lowlevel.checkpoint_if_cancelled()
         header = self._header
-        hl = len(header)
+        hl = self._hl
         command = body[:2]
-        reply = self._server.core.handle(header + body)
+        reply = self._core.handle(header + body)
         answer = _ANSWERS.get(reply[hl : hl + 4])
         if answer is not None and answer[0] == command and reply.startswith(header):
             answer[1].inc()
