@@ -23,11 +23,12 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from hsm import codec, metrics
+from hsm.cheap_metrics import count_and_observe
 from hsm.codec import HsmCommandError, HsmProtocolError
 from hsm.connection import HsmConnection, HsmLinkError, HsmTimeout
 from hsm.local import LocalHsmConnection
@@ -59,27 +60,28 @@ SAFE_TO_RETRY = frozenset(
 
 class _Command:
     """What a request needs of its command code, made once per code: its name,
-    whether it may be retried, its latency histogram and "ok" counter children.
-    Codes are the client's own (see SAFE_TO_RETRY), so few. The children are
-    made by the first request that ends, as before, so that no series shows
-    on /metrics before a command has been counted in it."""
+    whether it may be retried, and `ok(seconds)`, which counts a request that
+    succeeded and observes its latency. Codes are the client's own (see
+    SAFE_TO_RETRY), so few. The metric children are made by the first request
+    that ends, as before, so that no series shows on /metrics before a
+    command has been counted in it."""
 
-    __slots__ = ("latency", "name", "ok", "retry")
+    __slots__ = ("name", "ok", "retry")
 
     def __init__(self, code: bytes) -> None:
         self.name = code.decode("ascii")
         self.retry = self.name in SAFE_TO_RETRY
-        self.ok: Any = None
-        self.latency: Any = None
+        self.ok: Callable[[float], None] | None = None
 
     def count(self, result: str, seconds: float) -> None:
         """Count a request that did not succeed, or the first one that did."""
-        counter = metrics.labelled(metrics.REQUESTS, self.name, result)
-        self.latency = metrics.labelled(metrics.LATENCY, self.name)
+        record = count_and_observe(
+            metrics.labelled(metrics.REQUESTS, self.name, result),
+            metrics.labelled(metrics.LATENCY, self.name),
+        )
         if result == "ok":
-            self.ok = counter
-        counter.inc()
-        self.latency.observe(seconds)
+            self.ok = record
+        record(seconds)
 
 
 _COMMANDS: dict[bytes, _Command] = {}
@@ -334,8 +336,7 @@ class HsmPool:
         finally:
             ok = command.ok
             if ok is not None and result == "ok":
-                ok.inc()
-                command.latency.observe(now() - start)
+                ok(now() - start)
             else:
                 command.count(result, now() - start)
 

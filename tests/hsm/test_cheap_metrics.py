@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -16,7 +17,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from hsm import metrics
-from hsm.cheap_metrics import CheapCount, CheapObserve, cheap
+from hsm.cheap_metrics import CheapCount, CheapObserve, cheap, count_and_observe
 from hsm.client import TPK, open_hsm_client
 from hsm.codec import HsmCommandError
 from hsm.lmk import LmkSet
@@ -73,6 +74,28 @@ def test_counter_as_prometheus_counts(n: int) -> None:
     for _ in range(n):
         ref.inc()  # type: ignore[attr-defined]
         fast.inc()
+    assert values(reg) == values(ref_reg)
+
+
+def counter_and_histogram() -> tuple[CollectorRegistry, Any, Any]:
+    registry = CollectorRegistry()
+    count = Counter("c", "help", ["command"], registry=registry).labels("DC")
+    hist = Histogram("h", "help", ["command"], registry=registry, buckets=BUCKETS).labels("DC")
+    return registry, count, hist
+
+
+@given(amounts, st.booleans())
+def test_count_and_observe_as_inc_and_observe(observed: list[float], fused: bool) -> None:
+    """One call per request, fused when both writers are cheap, else each child's own."""
+    ref_reg, ref_count, ref_hist = counter_and_histogram()
+    reg, count, hist = counter_and_histogram()
+    if fused:
+        count, hist = cheap(count), cheap(hist)
+    record = count_and_observe(count, hist)
+    for amount in observed:
+        ref_count.inc()
+        ref_hist.observe(amount)
+        record(amount)
     assert values(reg) == values(ref_reg)
 
 
