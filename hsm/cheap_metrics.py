@@ -12,9 +12,10 @@ written under its lock and read under it by a scrape (`generate_latest`,
 run in a worker thread by /metrics). The writers here add to that same
 float without the lock, so /metrics shows the same series with the same
 values at any moment, `_created` and all. That is safe because every writer
-of these children runs on the event loop's thread, and because with the
-GIL `obj.attr += n` on a float is not interrupted between its read and its
-write (a reader sees the old or the new value, never half of one).
+of these children runs on the event loop's thread: with one writer no
+update can be lost, even though `obj.attr += n` may be interrupted between
+its read and its write; and with the GIL the attribute's store is one step,
+so a scrape sees the old float or the new one.
 
 Where any of that does not hold, `cheap` returns the prometheus child
 itself, so the update is prometheus_client's own:
