@@ -10,8 +10,9 @@ a second, and one query per batch through the switch database's single
 connection queued them for seconds (a terminal's first sale timed out); the
 loader task takes every batch asked for since its last query in one query.
 
-Writes go through one writer task with group commit, like the ledger's:
-``record`` never waits for the disk. That is safe because the journal is not
+Writes go through one writer task with group commit, like the ledger's, at
+most one every ``LINGER_S`` while the queue is short: ``record`` never
+waits for the disk. That is safe because the journal is not
 what keeps money right: the ledger is, with its idempotent transfer ids. A
 journal row lost in a crash only means a retried request is processed again
 and the ledger answers it as the duplicate it is, with the same RRN and
@@ -55,6 +56,13 @@ EVICT_EVERY_S = 1.0
 #: Batches per load query: 2 parameters each, well below SQLite's limit.
 LOAD_CHUNK = 400
 RETRY_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 5.0)
+#: Least time between the starts of two writes while fewer than LINGER_ROWS
+#: rows wait. Writing as soon as a row was queued made a commit of one or
+#: two rows per sale at a steady rate: 13.6 kB of pages written per sale
+#: and ~40 us of the writer's CPU (2 workers, 3,700 sales/s). Nobody waits
+#: for these writes (see above), so they may as well be fewer and larger.
+LINGER_S = 0.05
+LINGER_ROWS = 2_000
 
 Key = tuple[str, int, int, bool]  # (tid, batch, stan, is_reversal)
 
@@ -138,6 +146,8 @@ class Journal:
         self._loading: dict[tuple[str, int], trio.Event] = {}
         self._load_wake = trio.Event()
         self._queue: list[Entry] = []
+        self._flushers = 0
+        self._flush_now = trio.Event()
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -261,12 +271,20 @@ class Journal:
     async def run(self) -> None:
         """The writer: one transaction for everything queued since the last one."""
         attempt = 0
+        started = -LINGER_S
         while True:
             if not self._queue:
                 self._idle.set()
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
+            linger = started + LINGER_S - trio.current_time()
+            if linger > 0 and len(self._queue) < LINGER_ROWS and not self._flushers:
+                with trio.move_on_after(linger):
+                    await self._flush_now.wait()
+            if self._flush_now.is_set():
+                self._flush_now = trio.Event()
+            started = trio.current_time()
             batch = self._queue
             self._queue = []
             upto = self._seq  # every answer recorded so far is in this write
@@ -294,4 +312,9 @@ class Journal:
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is written."""
-        await self._idle.wait()
+        self._flushers += 1  # the writer does not linger while anyone waits here
+        self._flush_now.set()
+        try:
+            await self._idle.wait()
+        finally:
+            self._flushers -= 1

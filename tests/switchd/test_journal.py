@@ -220,3 +220,34 @@ async def test_reads_do_not_wait_for_another_process_holding_the_write_lock(
         other.close()
         await db.aclose()
     assert rows == [(7,)]
+
+
+async def test_steady_answers_are_written_in_few_commits_and_flush_does_not_linger(
+    tmp_path: Path,
+) -> None:
+    """A row every millisecond: written every LINGER_S, not one commit per row;
+    a flush writes what is queued at once."""
+    db = await _migrated(tmp_path)
+    journal = Journal(db)
+    writes: list[int] = []
+    run = db.run
+
+    async def counted(fn: Any) -> Any:
+        writes.append(1)
+        return await run(fn)
+
+    db.run = counted  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(journal.run)
+        start = trio.current_time()
+        for stan in range(1, 201):
+            journal.record(_entry("T1", 1, stan))
+            await trio.sleep(0.001)
+        elapsed = trio.current_time() - start
+        with trio.fail_after(journal_module.LINGER_S / 2):
+            await journal.flush()
+        nursery.cancel_scope.cancel()
+    assert journal.written == 200
+    assert len(writes) <= elapsed / journal_module.LINGER_S + 2
+    rows = await db.fetchall("SELECT count(*) FROM journal")
+    assert rows[0][0] == 200
