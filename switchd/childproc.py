@@ -67,11 +67,27 @@ class _Framed:
         return self._stream is not None
 
     async def _hello(self, hello: bytes) -> None:
-        """Send the start-up message; return once the child answered READY."""
-        with trio.fail_after(START_TIMEOUT_S):
-            ready = await self.call(hello)
-        if ready != READY:
-            raise ChildLost(f"{self.name} did not start: {ready.decode(errors='replace')}")
+        """Send the start-up message; return once the child answered READY.
+
+        On any failure the connection (and a child of our own) is forgotten
+        first: a child that answered late would have its READY taken for the
+        reply to the next request.
+        """
+        try:
+            with trio.fail_after(START_TIMEOUT_S):
+                ready = await self.call(hello)
+            if ready != READY:
+                raise ChildLost(f"{self.name} did not start: {ready.decode(errors='replace')}")
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await self.reap()
+            if isinstance(exc, trio.TooSlowError):
+                raise ChildLost(f"{self.name} did not start in {START_TIMEOUT_S:.0f} s") from None
+            raise
+
+    async def reap(self) -> int | None:
+        """Forget a broken connection; the child's exit code where it is ours."""
+        raise NotImplementedError
 
     async def call(self, body: bytes) -> bytes:
         """Send one request frame; its reply frame."""
@@ -146,16 +162,7 @@ class Child(_Framed):
             child.close()
         self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent))
         self._buf.clear()
-        try:
-            await self._hello(hello)
-        except BaseException as exc:
-            # No half-started child is left behind: one that answered late
-            # would have its READY taken for the reply to the next request.
-            with trio.CancelScope(shield=True):
-                await self.reap()
-            if isinstance(exc, trio.TooSlowError):
-                raise ChildLost(f"{self.name} did not start in {START_TIMEOUT_S:.0f} s") from None
-            raise
+        await self._hello(hello)
 
     async def reap(self) -> int | None:
         """Forget a broken child: kill it if it still runs; its exit code."""
@@ -201,14 +208,7 @@ class Remote(_Framed):
             raise ChildLost(f"{self.name} at {self.path}: {exc}") from exc
         self._stream = stream
         self._buf.clear()
-        try:
-            await self._hello(hello)
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await self._close_stream()
-            if isinstance(exc, trio.TooSlowError):
-                raise ChildLost(f"{self.name} did not answer in {START_TIMEOUT_S:.0f} s") from None
-            raise
+        await self._hello(hello)
 
     async def reap(self) -> int | None:
         await self._close_stream()
@@ -264,22 +264,32 @@ class Handler:
         pass
 
 
-def serve(fd: int, name: str, open_handler: Callable[[bytes], Handler]) -> int:
-    """The child's main loop; its exit code."""
-    # The parent decides when this process ends (by closing the socket).
+def _open(sock: socket.socket, name: str,
+          open_handler: Callable[[bytes], Handler]) -> Handler | int:  # fmt: skip
+    """A child's start: the handler, from the owner's start-up message on
+    `sock`, or the exit code when there is none."""
+    # The owner decides when this process ends (by closing the socket).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     hello = _read_frame(sock)
     if hello is None:
         return 0
     try:
-        handler = open_handler(hello)
+        return open_handler(hello)
     except Exception as exc:
         log.exception("%s: cannot start", name)
         _write_frame(sock, f"{type(exc).__name__}: {exc}".encode())
         return 1
+
+
+def serve(fd: int, name: str, open_handler: Callable[[bytes], Handler]) -> int:
+    """The child's main loop; its exit code."""
+    sock = socket.socket(fileno=fd)
+    opened = _open(sock, name, open_handler)
+    if not isinstance(opened, Handler):
+        return opened
+    handler = opened
     try:
         _write_frame(sock, READY)
         while (frame := _read_frame(sock)) is not None:
@@ -355,21 +365,13 @@ def serve_shared(lifeline_fd: int, listen_fd: int, name: str,
     ``SEND_TIMEOUT_S``, is dropped; what its requests committed stays
     committed, and it sends them again once reconnected (ids are idempotent).
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lifeline = socket.socket(fileno=lifeline_fd)
-    lifeline.setblocking(True)
     listener = socket.socket(fileno=listen_fd)
     listener.setblocking(False)
-    hello = _read_frame(lifeline)
-    if hello is None:
-        return 0
-    try:
-        handler = open_handler(hello)
-    except Exception as exc:
-        log.exception("%s: cannot start", name)
-        _write_frame(lifeline, f"{type(exc).__name__}: {exc}".encode())
-        return 1
+    opened = _open(lifeline, name, open_handler)
+    if not isinstance(opened, Handler):
+        return opened
+    handler = opened
     peers: dict[int, _Peer] = {}
     selector = selectors.DefaultSelector()
 
