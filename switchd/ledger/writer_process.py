@@ -169,8 +169,10 @@ class ProcessWriter:
                 metrics.WRITER_RESTARTS.inc()
                 flight.attempts += 1
                 then = "failing it" if flight.attempts > 2 else "sending it again to a new one"
-                log.error("%s lost (%s, exit %s) on a batch of %d groups; %s",
-                          self.child.name, lost, code, flight.size, then)  # fmt: skip
+                # A shared writer is the supervisor's child: no exit code here.
+                exited = "" if code is None else f", exit {code}"
+                log.error("%s lost (%s%s) on a batch of %d groups; %s",
+                          self.child.name, lost, exited, flight.size, then)  # fmt: skip
                 resend = list(self._flights)
                 if flight.attempts > 2:
                     resend.remove(flight)
