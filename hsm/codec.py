@@ -95,14 +95,7 @@ _KEY_LENGTHS = {"U": 33, "X": 33, "T": 49, "Y": 49, "Z": 17}
 
 
 def _key_len(fields: str, pos: int) -> int:
-    tag = fields[pos : pos + 1]
-    if tag in ("U", "X"):
-        return 33
-    if tag in ("T", "Y"):
-        return 49
-    if tag == "Z":
-        return 17
-    return 16
+    return _KEY_LENGTHS.get(fields[pos : pos + 1], 16)
 
 
 def _take_key(command: str, fields: str, pos: int) -> tuple[str, int]:
