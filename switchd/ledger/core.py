@@ -669,14 +669,12 @@ class _Batch:
         return None
 
     def _account_or_none(self, value: object) -> _Acct | None:
-        if type(value) is not int or not ID_MIN <= value <= ID_MAX:
+        if type(value) is not int or not valid_id(value):
             return None
-        return self.accounts.get(value.to_bytes(16, "big"))
+        return self.accounts.get(to_bytes(value))
 
     def _account(self, value: object, missing: ResultCode) -> _Acct:
-        if type(value) is not int or not valid_id(value):
-            raise _Reject(missing)
-        a = self.accounts.get(to_bytes(value))
+        a = self._account_or_none(value)
         if a is None:
             raise _Reject(missing)
         return a
