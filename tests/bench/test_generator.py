@@ -179,3 +179,26 @@ def test_e2e_quick(tmp_path: Path) -> None:
     assert result["idle_memory"]["connections"] == 50
     assert result["switch_exit_code"] == 0
     assert list(tmp_path.glob("e2e-*.md"))
+
+
+def test_scaling_quick(tmp_path: Path) -> None:
+    """1 and 2 workers, each a fresh switch, the same fleet: figures by role and a projection."""
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.scaling", "--quick", "--json", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert [r["workers"] for r in result["rows"]] == [1, 2]
+    for r in result["rows"]:
+        for part in ("closed_loop", "fixed_rate", "half_own_peak"):
+            assert r[part]["approved_sales_per_s"] > 0 and r[part]["errors"] == 0
+        # Every role that did work for the sales was found by its command line.
+        assert {"worker", "ledger", "journal"} <= set(r["cpu_us_per_sale"])
+        assert r["cpu_us_per_sale"]["worker"] > 0 and r["cpu_us_per_sale"]["ledger"] > 0
+        assert r["switch_exit_code"] == 0
+    # The same offered load for both: half the baseline's peak.
+    one, two = result["rows"]
+    assert two["fixed_rate"]["target_per_s"] == one["fixed_rate"]["target_per_s"]
+    assert two["projection"]["ledger_writer_cap_per_s"] > 0
+    assert list(tmp_path.glob("scaling-*.md"))
