@@ -112,6 +112,10 @@ class Transactions(Base):
     currency: str = "156"
 
 
+#: Field 62's longest value (PROTOCOL.md §2: b/ans...512).
+F62_MAX = 512
+
+
 class Parameters(Base):
     """What an 0800 parameter download (60.3 = 360) returns in F62: tag -> value."""
 
@@ -124,6 +128,23 @@ class Parameters(Base):
             "16": "Demo Acquirer",
         }
     )
+
+    def field62(self) -> bytes:
+        """F62 of the answer: per entry tag (2) + length (2) + value.
+
+        Text is GBK (PROTOCOL.md §2: "GBK where Chinese text appears"), and
+        each length counts the value's bytes, so a terminal can walk the
+        entries whatever the script. Raises ValueError for what F62 cannot hold.
+        """
+        out = b""
+        for tag, value in self.values.items():
+            data = value.encode("gbk")  # UnicodeEncodeError is a ValueError
+            if len(data) > 99:
+                raise ValueError(f"parameter {tag} is {len(data)} bytes in GBK, at most 99")
+            out += f"{tag[:2]:0>2}{len(data):02d}".encode() + data
+        if len(out) > F62_MAX:
+            raise ValueError(f"the parameters take {len(out)} bytes, F62 holds {F62_MAX}")
+        return out
 
 
 class Admin(Base):
@@ -199,6 +220,10 @@ def _check(cfg: Config) -> None:
         fail("transactions.queue_timeout_s", "must be above 0")
     if not 0 <= cfg.transactions.completion_tolerance_pct <= 100:
         fail("transactions.completion_tolerance_pct", "must be 0-100")
+    try:
+        cfg.parameters.field62()
+    except ValueError as exc:
+        fail("parameters.values", str(exc))
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:

@@ -194,8 +194,5 @@ async def batch_upload(p: Processor, txn: Txn) -> None:
 
 
 async def parameter_download(p: Processor, txn: Txn) -> None:
-    """0800 / 360: the configured parameters in F62 as tag(2) + length(2) + value, ASCII."""
-    out = "".join(
-        f"{tag[:2]:0>2}{len(value):02d}{value}" for tag, value in p.cfg.parameters.values.items()
-    )
-    txn.fields[62] = out.encode()[:512]
+    """0800 / 360: the configured parameters in F62 (``Parameters.field62``: GBK text)."""
+    txn.fields[62] = p.cfg.parameters.field62()

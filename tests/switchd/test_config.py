@@ -26,6 +26,13 @@ def test_shipped_file_is_exactly_the_defaults() -> None:
         ('[security]\nkek = "xyz"\n', "$.security.kek"),
         ('[[issuers]]\nbin = "12"\nname = "x"\n', "$.issuers[0].bin"),
         ("[hsm]\nembedded = false\n", "$.hsm.addresses"),
+        # F62 cannot carry them: a 2-digit length, at most 512 bytes in all.
+        (f'[parameters.values]\n"16" = "{"x" * 100}"\n', "$.parameters.values"),
+        (
+            f'[parameters.values]\n"16" = "{"x" * 99}"\n"17" = "{"x" * 99}"\n'
+            f'"18" = "{"x" * 99}"\n"19" = "{"x" * 99}"\n"20" = "{"x" * 99}"\n',
+            "$.parameters.values",
+        ),
     ],
 )
 def test_errors_name_the_field(tmp_path: Path, text: str, path: str) -> None:

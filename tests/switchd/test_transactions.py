@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import trio
 
 from fastpath import requests as rq
+from switchd.config import Parameters
 from switchd.daemon import Switch
 from switchd.demo import demo_pan
 from switchd.ledger import card_account_id, fee_account_id, merchant_account_id
 
-from .conftest import Conn, connect
+from .conftest import Conn, connect, small_config
 
 PIN = "123456"
 MID = "898100012340001"
@@ -420,6 +422,22 @@ async def test_echo_sign_off_and_parameters(switch: Switch) -> None:
     assert r.rc == "00" and r.mac_ok
     r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
     assert r.rc == "A0"
+
+
+async def test_parameter_text_is_gbk_with_byte_lengths(tmp_path: Path) -> None:
+    # PROTOCOL.md §2: text is GBK where Chinese appears. Each entry's length
+    # counts bytes: "1610" + 10 GBK bytes, not "1605" + 15 UTF-8 bytes.
+    name = "演示收单行"
+    cfg = small_config(tmp_path, parameters=Parameters(values={"11": "60", "16": name}))
+    sw = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        c = await signed_on(sw, "10000007")
+        t = c.term
+        r = await c.call(t.frame(*rq.parameter_download(t.ident, t.next_stan())))
+        assert r.rc == "00" and r.mac_ok
+        assert r.msg.raw_field(62) == b"110260" + b"1610" + name.encode("gbk")
+        sw.stop()
 
 
 async def test_split_and_coalesced_frames(switch: Switch) -> None:
