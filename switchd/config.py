@@ -220,6 +220,14 @@ def _check(cfg: Config) -> None:
         fail("transactions.queue_timeout_s", "must be above 0")
     if not 0 <= cfg.transactions.completion_tolerance_pct <= 100:
         fail("transactions.completion_tolerance_pct", "must be 0-100")
+    # Every financial answer carries them (F32 n..11, F49 n3 in PROTOCOL.md
+    # §2): a value the codec cannot encode would turn each answer into a 96.
+    acq = cfg.transactions.acquirer_id
+    if not (acq.isdigit() and acq.isascii() and len(acq) <= 11):
+        fail("transactions.acquirer_id", "1 to 11 digits (F32)")
+    cur = cfg.transactions.currency
+    if not (cur.isdigit() and cur.isascii() and len(cur) == 3):
+        fail("transactions.currency", "3 digits, ISO 4217 numeric (F49)")
     try:
         cfg.parameters.field62()
     except ValueError as exc:

@@ -229,8 +229,10 @@ class Processor:
             )  # fmt: skip
         except CodecError:
             log.exception("cannot encode the answer to %s", txn.kind.name)
-            frame = build_response(msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo,
-                                   processing=0)
+            frame = build_response(
+                msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo,
+                swap_tpdu=self.cfg.terminals.swap_tpdu, processing=0,
+            )  # fmt: skip
             rc = codes.SYSTEM_MALFUNCTION
         self._account(txn, rc)
         if txn.claimed is not None and rc != codes.SYSTEM_MALFUNCTION:

@@ -26,6 +26,9 @@ def test_shipped_file_is_exactly_the_defaults() -> None:
         ('[security]\nkek = "xyz"\n', "$.security.kek"),
         ('[[issuers]]\nbin = "12"\nname = "x"\n', "$.issuers[0].bin"),
         ("[hsm]\nembedded = false\n", "$.hsm.addresses"),
+        ('[transactions]\nacquirer_id = "0102ABCD"\n', "$.transactions.acquirer_id"),
+        ('[transactions]\nacquirer_id = "010200000000"\n', "$.transactions.acquirer_id"),
+        ('[transactions]\ncurrency = "CNY"\n', "$.transactions.currency"),
         # F62 cannot carry them: a 2-digit length, at most 512 bytes in all.
         (f'[parameters.values]\n"16" = "{"x" * 100}"\n', "$.parameters.values"),
         (

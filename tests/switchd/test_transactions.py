@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from fastpath import requests as rq
-from switchd.config import Parameters
+from switchd.config import Parameters, Terminals, Transactions
 from switchd.daemon import Switch
 from switchd.demo import demo_pan
 from switchd.ledger import card_account_id, fee_account_id, merchant_account_id
@@ -560,3 +560,26 @@ async def test_a_request_without_a_stan_is_a_format_error(switch: Switch) -> Non
     r = await c.call(t.frame(*rq.reversal(fields, "98")))
     assert r.rc == "30" and r.mac_ok
     assert await available(switch, 31) == before
+
+
+async def test_an_answer_that_cannot_be_encoded_is_a_96_under_the_configured_tpdu(
+    tmp_path: Path,
+) -> None:
+    """The fallback answer (96) keeps the TPDU as configured and is signed.
+
+    An acquirer id that is not digits cannot be encoded in F32 of any
+    financial answer. load() refuses it (test_config); the Config is built
+    directly here to reach the codec's failure, with the TPDU echoed unswapped.
+    """
+    cfg = small_config(tmp_path / "var", transactions=Transactions(acquirer_id="0102ABCD"),
+                       terminals=Terminals(swap_tpdu=False))  # fmt: skip
+    sw = Switch(cfg)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        c = await signed_on(sw)
+        t = c.term
+        r = await c.call(t.frame(*rq.balance(t.ident, card(11), t.next_stan(), PIN, t.pik)))
+        assert r.rc == "96" and r.mac_ok
+        assert r.msg.tpdu == t.tpdu  # not swapped: swap_tpdu = false
+        assert r.msg.header[2] & 0x0F == 0  # nothing asked of the terminal
+        sw.stop()
