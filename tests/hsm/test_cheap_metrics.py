@@ -1,5 +1,6 @@
-"""The HSM's cheaper metric writers (hsm/cheap_metrics.py): /metrics shows what
-prometheus_client's own updates would show, in one process and with several."""
+"""The cheaper metric writers (hsm/cheap_metrics.py): /metrics shows what
+prometheus_client's own updates would show, in one process and with several
+(for those, prometheus_client's own updates)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Summary
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from hsm import metrics
-from hsm.cheap_metrics import CheapCount, CheapObserve, cheap, count_and_observe
+from hsm.cheap_metrics import CheapCount, CheapGauge, CheapObserve, cheap, count_and_observe
 from hsm.client import TPK, open_hsm_client
 from hsm.codec import HsmCommandError
 from hsm.lmk import LmkSet
@@ -41,10 +42,16 @@ def values(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str]
     }
 
 
-def pair(kind: type, **kw: object) -> tuple[CollectorRegistry, object, CollectorRegistry, object]:
-    """The same labelled metric in two registries: one child as is, one cheap."""
+def pair(
+    kind: type, labelled: bool = True, **kw: object
+) -> tuple[CollectorRegistry, Any, CollectorRegistry, Any]:
+    """The same metric in two registries, a labelled child or a metric without
+    labels: one as is, one through its cheap writer."""
     regs = CollectorRegistry(), CollectorRegistry()
-    real, fast = (kind("m", "help", ["command"], registry=r, **kw).labels("DC") for r in regs)
+    if labelled:
+        real, fast = (kind("m", "help", ["command"], registry=r, **kw).labels("DC") for r in regs)
+    else:
+        real, fast = (kind("m", "help", registry=r, **kw) for r in regs)
     return regs[0], real, regs[1], cheap(fast)
 
 
@@ -55,25 +62,45 @@ amounts = st.lists(
     ),
     max_size=60,
 )
+#: A gauge's updates: (method, argument); `set` also takes ints, as Gauge.set does.
+gauge_ops = st.lists(
+    st.tuples(st.sampled_from(["inc", "dec"]), st.floats(-1e6, 1e6))
+    | st.tuples(st.just("set"), st.floats(-1e6, 1e6) | st.integers(-(10**6), 10**6)),
+    max_size=60,
+)
 
 
-@given(amounts)
-def test_histogram_as_prometheus_observes(observed: list[float]) -> None:
-    ref_reg, ref, reg, fast = pair(Histogram, buckets=BUCKETS)
+@given(amounts, st.booleans())
+def test_histogram_as_prometheus_observes(observed: list[float], labelled: bool) -> None:
+    ref_reg, ref, reg, fast = pair(Histogram, labelled, buckets=BUCKETS)
     assert isinstance(fast, CheapObserve)
     for amount in observed:
-        ref.observe(amount)  # type: ignore[attr-defined]
+        ref.observe(amount)
         fast.observe(amount)
     assert values(reg) == values(ref_reg)
 
 
-@given(st.integers(0, 50))
-def test_counter_as_prometheus_counts(n: int) -> None:
-    ref_reg, ref, reg, fast = pair(Counter)
+@given(st.integers(0, 50), st.booleans())
+def test_counter_as_prometheus_counts(n: int, labelled: bool) -> None:
+    ref_reg, ref, reg, fast = pair(Counter, labelled)
     assert isinstance(fast, CheapCount)
     for _ in range(n):
-        ref.inc()  # type: ignore[attr-defined]
+        ref.inc()
         fast.inc()
+    assert values(reg) == values(ref_reg)
+
+
+@given(gauge_ops, st.booleans())
+def test_gauge_as_prometheus_sets(ops: list[tuple[str, float]], labelled: bool) -> None:
+    ref_reg, ref, reg, fast = pair(Gauge, labelled, multiprocess_mode="livesum")
+    assert isinstance(fast, CheapGauge)
+    for method, arg in ops:
+        getattr(ref, method)(arg)
+        getattr(fast, method)(arg)
+    fast.inc()  # the defaults: one more, one less
+    ref.inc()
+    fast.dec()
+    ref.dec()
     assert values(reg) == values(ref_reg)
 
 
@@ -99,11 +126,18 @@ def test_count_and_observe_as_inc_and_observe(observed: list[float], fused: bool
     assert values(reg) == values(ref_reg)
 
 
-def test_other_children_are_kept() -> None:
-    gauge = metrics.HSM_UP.labels("x")  # a gauge: left as it is
-    assert cheap(gauge) is gauge
+def test_what_is_kept_as_it_is() -> None:
+    registry = CollectorRegistry()
+    parent = Counter("c", "help", ["command"], registry=registry)
+    assert cheap(parent) is parent  # a labelled metric's parent holds no value
+    summary = Summary("s", "help", registry=registry)
+    assert cheap(summary) is summary
+    # A gauge that keeps a timestamp in multiprocess mode.
+    recent = Gauge("g", "help", multiprocess_mode="mostrecent", registry=registry)
+    assert cheap(recent) is recent
     assert isinstance(metrics.labelled(metrics.REQUESTS, "DC", "ok"), CheapCount)
     assert isinstance(metrics.labelled(metrics.LATENCY, "DC"), CheapObserve)
+    assert isinstance(cheap(metrics.HSM_UP.labels("x")), CheapGauge)
 
 
 def sample(name: str, **labels: str) -> float:
