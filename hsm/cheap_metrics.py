@@ -17,11 +17,13 @@ update can be lost, even though `obj.attr += n` may be interrupted between
 its read and its write; and with the GIL the attribute's store is one step,
 so a scrape sees the old float or the new one.
 
+In multiprocess mode (PROMETHEUS_MULTIPROC_DIR, `switchd run --workers N`)
+the value also lives in the process's mmapped file, which a scrape in
+another process reads: the writers for that case are in
+hsm/cheap_metrics_mp.py, with their own safety argument.
+
 Where any of that does not hold, `cheap` returns the prometheus object
 itself, so the update is prometheus_client's own:
-- multiprocess mode (PROMETHEUS_MULTIPROC_DIR, `switchd run --workers N`):
-  the value lives in the process's mmap file, which a scrape in another
-  process reads, so every update must be written there;
 - a Python without the GIL (free-threaded builds);
 - a prometheus_client whose metrics are laid out otherwise;
 - a gauge whose multiprocess mode keeps a timestamp (mostrecent);
@@ -37,6 +39,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.values import MutexValue
+
+from hsm import cheap_metrics_mp as mp
 
 #: False on a free-threaded Python (sys._is_gil_enabled exists from 3.13).
 _GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
@@ -112,6 +116,7 @@ def cheap(metric: Any) -> Any:
         value = getattr(metric, "_value", None)
         if _plain(value):
             return CheapCount(value) if kind is Counter else CheapGauge(value)
+        return mp.cheap_value(metric, value, kind is Gauge) or metric
     if kind is Histogram:
         sum_ = getattr(metric, "_sum", None)
         buckets = getattr(metric, "_buckets", None)
@@ -123,6 +128,7 @@ def cheap(metric: Any) -> Any:
             return metric
         if _plain(sum_) and all(map(_plain, buckets)):
             return CheapObserve(sum_, buckets, bounds)  # type: ignore[arg-type]
+        return mp.cheap_histogram(metric, sum_, buckets, bounds) or metric
     return metric
 
 
@@ -140,6 +146,9 @@ def count_and_observe(counter: Any, histogram: Any) -> Callable[[float], None]:
             buckets[bisect_left(bounds, amount)]._value += 1
 
         return record
+    fused = mp.count_and_observe(counter, histogram)
+    if fused is not None:
+        return fused
 
     def record_each(amount: float) -> None:
         counter.inc()

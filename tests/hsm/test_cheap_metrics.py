@@ -1,6 +1,6 @@
 """The cheaper metric writers (hsm/cheap_metrics.py): /metrics shows what
 prometheus_client's own updates would show, in one process and with several
-(for those, prometheus_client's own updates)."""
+(multiprocess mode: tests/hsm/multiprocess_writers.py, run in a process of its own)."""
 
 from __future__ import annotations
 
@@ -173,19 +173,31 @@ async def test_registry_counts_each_command(hsm_port: int, lmk: LmkSet) -> None:
         assert sample("hsm_client_request_duration_seconds_sum", command="DC") > sum_before
 
 
+def test_multiprocess_writers_as_prometheus(tmp_path: Path) -> None:
+    """Counters, gauges, histograms and the fused record in multiprocess mode: the
+    files merged show what prometheus_client's own updates show (a file that grew,
+    a forked child too); tests/hsm/multiprocess_writers.py, in a process of its own."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    argv = [sys.executable, "-m", "tests.hsm.multiprocess_writers"]
+    out = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys
     import trio
     from hsm import metrics
+    from hsm.cheap_metrics_mp import MmapCount, MmapObserve
     from hsm.client import TPK, open_hsm_client
     from hsm.lmk import thales_test_lmk
     from hsm.server import HsmServer
     from hsm.testing import pin_block
     from tests.hsm.test_client import ACCOUNT, PVKI, Keys
 
-    assert type(metrics.labelled(metrics.REQUESTS, "DC", "ok")).__module__.startswith(
-        "prometheus_client"), "multiprocess mode must write every update to its file"
+    # Multiprocess mode: the writers of the process's files.
+    assert isinstance(metrics.labelled(metrics.REQUESTS, "DC", "ok"), MmapCount)
+    assert isinstance(metrics.labelled(metrics.LATENCY, "DC"), MmapObserve)
 
     async def main() -> None:
         lmk = thales_test_lmk()
