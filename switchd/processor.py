@@ -29,6 +29,7 @@ from fastpath.codec import build_response, decode, decode_frame, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
 from fastpath.kinds import FINANCIAL, NAMES, Kind
+from hsm.cheap_metrics import cheap
 from hsm.client import ZPK
 from switchd import checks, codes, metrics
 from switchd.admission import Admission
@@ -57,6 +58,9 @@ SIGN_ON_AGAIN_CODES = frozenset({codes.MAC_ERROR, codes.PIN_FORMAT, codes.OPERAT
 #: MAK): a request turned away for want of a slot still runs these.
 TO_SIGN_ORDER = (checks.terminal, checks.mac)
 TO_SIGN = frozenset(TO_SIGN_ORDER)
+#: Two updates per request: written without prometheus's lock (and, with
+#: several workers, its pid check), as the children in _account are.
+_IN_FLIGHT = cheap(metrics.IN_FLIGHT)
 
 
 class Processor:
@@ -66,7 +70,8 @@ class Processor:
         # Requests in progress by duplicate key: a retransmission that
         # overtakes its original waits for it instead of running twice.
         self.in_progress: dict[tuple[str, int, int, bool], trio.Event] = {}
-        # Labelled metric children, looked up once (labels() costs a lock and a hash).
+        # Labelled metric children, looked up once (labels() costs a lock and a
+        # hash), as their cheap writers (hsm/cheap_metrics.py).
         self._counters: dict[tuple[Kind, str], Any] = {}
         self._timers: dict[Kind, Any] = {}
         # Session MAKs as DesKeys (key schedule built once), by their stored form.
@@ -84,11 +89,11 @@ class Processor:
         self.flows = flows.FLOWS
 
     async def handle(self, body: bytes) -> bytes | None:
-        metrics.IN_FLIGHT.inc()
+        _IN_FLIGHT.inc()
         try:
             return await self._handle(body)
         finally:
-            metrics.IN_FLIGHT.dec()
+            _IN_FLIGHT.dec()
 
     async def _handle(self, body: bytes) -> bytes | None:
         try:
@@ -309,14 +314,14 @@ class Processor:
         elapsed = time.perf_counter() - txn.started
         counter = self._counters.get((txn.kind, rc))
         if counter is None:
-            counter = self._counters[(txn.kind, rc)] = metrics.TRANSACTIONS.labels(
-                NAMES[txn.kind], rc
+            counter = self._counters[(txn.kind, rc)] = cheap(
+                metrics.TRANSACTIONS.labels(NAMES[txn.kind], rc)
             )
         counter.inc()
         timer = self._timers.get(txn.kind)
         if timer is None:
-            timer = self._timers[txn.kind] = metrics.TRANSACTION_SECONDS.labels(
-                NAMES[txn.kind]
+            timer = self._timers[txn.kind] = cheap(
+                metrics.TRANSACTION_SECONDS.labels(NAMES[txn.kind])
             )
         timer.observe(elapsed)
         log_txn(txn, rc, elapsed)

@@ -54,6 +54,10 @@ async def test_metrics_move_with_traffic(env: Env) -> None:
     for name, labels in [
         ("switchd_transactions_total", {"kind": "sale", "response_code": "00"}),
         ("switchd_transaction_duration_seconds_count", {"kind": "sale"}),
+    ]:  # this test's sales alone (one process: this one)
+        assert value(after, name, **labels) == value(before, name, **labels) + 3, name
+    assert value(after, "switchd_transactions_in_flight") == 0
+    for name, labels in [
         ("hsm_client_requests_total", {}),
         ("hsm_client_request_duration_seconds_count", {}),
         ("switchd_ledger_commit_duration_seconds_count", {}),

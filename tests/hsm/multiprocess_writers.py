@@ -32,7 +32,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 amounts = st.lists(
     st.sampled_from([*BUCKETS, 0.0, -1.0, float("inf")])
-    | st.floats(allow_nan=False, min_value=-1.0, max_value=100.0),
+    | st.floats(allow_nan=False, min_value=-1.0, max_value=100.0)
+    | st.integers(0, 10),  # as the ledger's batch sizes are observed
     max_size=40,
 )
 gauge_ops = st.lists(

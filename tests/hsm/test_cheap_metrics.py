@@ -59,6 +59,7 @@ amounts = st.lists(
     st.one_of(
         st.sampled_from([*BUCKETS, 0.0, -1.0, float("inf")]),
         st.floats(allow_nan=False, min_value=-1.0, max_value=100.0),
+        st.integers(0, 10),  # as the ledger's batch sizes are observed
     ),
     max_size=60,
 )

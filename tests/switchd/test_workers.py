@@ -134,8 +134,9 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
         assert await ledger.audit() == []
 
 
-async def test_workers_metrics_count_each_hsm_command(tmp_path: Path) -> None:
-    """/metrics of worker 0 merges both workers' files: each PIN sale's DC counted once."""
+async def test_workers_metrics_count_each_sale(tmp_path: Path) -> None:
+    """/metrics of worker 0 merges both workers' files: each PIN sale counted once
+    (the switch's counter and histogram, its DC in the HSM's), nothing left in flight."""
     port, admin_port = free_port(), free_port()
     proc = start_workers(tmp_path, port, admin_port)
     try:
@@ -167,6 +168,21 @@ async def test_workers_metrics_count_each_hsm_command(tmp_path: Path) -> None:
         assert got[("hsm_client_request_duration_seconds_sum", dc)] > 0
         assert got[("hsm_server_commands_total", (("code", "00"), *dc))] == sales
         assert got[("hsm_client_hsm_up", (("hsm", "in-process"),))] == 1
+
+        def at(name: str, **labels: str) -> float:
+            return got[(name, tuple(sorted(labels.items())))]
+
+        assert at("switchd_transactions_total", kind="sale", response_code="00") == sales
+        assert at("switchd_transactions_total", kind="sign_on", response_code="00") == 6
+        assert at("switchd_transaction_duration_seconds_count", kind="sale") == sales
+        assert at("switchd_transaction_duration_seconds_bucket", kind="sale", le="+Inf") == sales
+        assert at("switchd_transaction_duration_seconds_sum", kind="sale") > 0
+        assert at("switchd_transactions_in_flight") == 0  # livesum of both workers
+        # Each sale is one ledger group, committed in some batch of its worker's writer.
+        commits = at("switchd_ledger_commit_duration_seconds_count")
+        assert 1 <= commits == at("switchd_ledger_batch_operations_count")
+        assert at("switchd_ledger_batch_operations_sum") >= sales
+        assert at("switchd_ledger_queue_depth") == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
