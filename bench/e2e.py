@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import re
 import shutil
 import subprocess
@@ -44,8 +43,9 @@ from pathlib import Path
 
 import psutil
 
-from bench import procs
+from bench import procs, report
 from bench.fleet import Fleet, FleetConfig, Worker, raise_fd_limit
+from bench.report import add_run_options
 from bench.stats import Stats
 
 TARGETS = {
@@ -281,13 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--levels", default="100,1000,5000", help="concurrent terminals per level")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each window")
+    add_run_options(p)
     p.add_argument("--idle", type=int, default=5000, help="idle connections for the memory figure")
     p.add_argument("--profile", action="store_true", help="py-spy the switch at ~1,000 terminals")
-    p.add_argument("--out", default="bench/results", help="where the JSON and markdown go")
-    p.add_argument("--json", action="store_true", help="print the JSON instead of the markdown")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     p.add_argument("--keep", action="store_true", help="keep the switch's data directory")
     p.add_argument("--workers", type=int, default=1,
                    help="switch worker processes (switchd run --workers N); 1 = the default")
@@ -298,9 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         levels, args.duration, args.idle, per_merchant, cards = [10, 40], 1.5, 50, 40, 100
         args.warmup = 0.5
     raise_fd_limit()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    started = report.stamp()
     work = Path(tempfile.mkdtemp(prefix="switchd-e2e-"))
     conf = procs.write_switch_config(work / "var", terminals_per_merchant=per_merchant,
                                      cards=cards, workers=args.workers)  # fmt: skip
@@ -308,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                        mix={"sale": 1}, progress=False, timeout=30.0,
                        warmup=args.warmup)  # fmt: skip
     result: dict[str, object] = {
-        "started": stamp, "cpus": psutil.cpu_count(), "workers": args.workers,
+        "started": started, "cpus": psutil.cpu_count(), "workers": args.workers,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "levels_requested": levels,
@@ -365,11 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = switch.stop()
         result["switch_exit_code"] = rc
     result["targets"] = targets(result)
-    md = markdown(result)
-    (out_dir / f"e2e-{stamp}.json").write_text(json.dumps(result, indent=2))
-    (out_dir / f"e2e-{stamp}.md").write_text(md)
-    print(json.dumps(result) if args.json else md)
-    say(f"e2e: written {out_dir}/e2e-{stamp}.json and .md")
+    report.publish(args.out, "e2e", result, markdown(result), args.json, say)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     errors = sum(int(r["errors"]) + int(r["ceiling_errors"]) for r in rows)  # type: ignore[arg-type]

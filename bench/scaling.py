@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import shutil
 import sys
 import tempfile
@@ -42,9 +41,10 @@ from pathlib import Path
 
 import psutil
 
-from bench import procs
+from bench import procs, report
 from bench.e2e import _with, fleet_run
 from bench.fleet import FleetConfig, raise_fd_limit
+from bench.report import add_run_options
 from bench.stats import Stats
 
 #: Core counts the projection is written for.
@@ -224,20 +224,14 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--workers", default="1,2", help="worker counts; the first is the baseline")
     p.add_argument("--terminals", type=int, default=1000, help="concurrent terminals")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds of load before each window")
-    p.add_argument("--out", default="bench/results", help="where the JSON and markdown go")
-    p.add_argument("--json", action="store_true", help="print the JSON instead of the markdown")
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    add_run_options(p)
     args = p.parse_args(argv)
     counts = [int(x) for x in args.workers.split(",")]
     per_merchant, cards = 5000, 10_000
     if args.quick:
         args.terminals, args.duration, args.warmup, per_merchant, cards = 20, 1.5, 0.5, 40, 100
     raise_fd_limit()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    started = report.stamp()
     work = Path(tempfile.mkdtemp(prefix="switchd-scaling-"))
     base = FleetConfig(terminals=args.terminals, per_merchant=per_merchant, cards=(4, cards),
                        duration=args.duration, warmup=args.warmup, mix={"sale": 1},
@@ -255,14 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result: dict[str, object] = {
-        "started": stamp, "cpus": psutil.cpu_count(), "terminals": args.terminals,
+        "started": started, "cpus": psutil.cpu_count(), "terminals": args.terminals,
         "duration_s": args.duration, "warmup_s": args.warmup, "rows": rows,
     }  # fmt: skip
-    md = markdown(result)
-    (out_dir / f"scaling-{stamp}.json").write_text(json.dumps(result, indent=2))
-    (out_dir / f"scaling-{stamp}.md").write_text(md)
-    print(json.dumps(result) if args.json else md)
-    say(f"scaling: written {out_dir}/scaling-{stamp}.json and .md")
+    report.publish(args.out, "scaling", result, markdown(result), args.json, say)
     errors = 0
     for r in rows:
         for k in ("closed_loop", "fixed_rate", "half_own_peak"):
