@@ -130,6 +130,16 @@ def derived_digits(n: int, *parts: object) -> str:
     return str(int.from_bytes(h, "big") % 10**n).zfill(n)
 
 
+def rrn_of(tid: str, batch: int, stan: int, reversal: bool) -> str:
+    """F37 of the answer to a request: the same for every retry, on any node."""
+    return derived_digits(12, "rrn", tid, batch, stan, reversal)
+
+
+def auth_code_of(tid: str, batch: int, stan: int) -> str:
+    """F38 of an approval, derived like the RRN."""
+    return derived_digits(6, "auth", tid, batch, stan)
+
+
 class LocalTime:
     """This second's local time as answers and checks write it, made once a second.
 

@@ -13,6 +13,7 @@ terminal is answered 98: late money is never left half-posted.
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ import trio
 from fastpath.codec import decode
 from fastpath.kinds import Kind
 from switchd import codes
-from switchd.context import Txn
+from switchd.context import Txn, auth_code_of, rrn_of
 from switchd.journal import JournalUnavailable
 from switchd.ledger import (
     LedgerError,
@@ -179,8 +180,10 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
                   batch, stan, txn.terminal.tid, exc)  # fmt: skip
         txn.decline(codes.SYSTEM_MALFUNCTION)
         return None
+    if entry is None:
+        return await _original_in_ledger(p, txn, kinds, batch, stan, dated)
     names = {k.name.lower() for k in kinds}
-    if entry is None or entry.rc != codes.APPROVED or entry.kind not in names:
+    if entry.rc != codes.APPROVED or entry.kind not in names:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
     if msg.rrn and entry.rrn and msg.rrn != entry.rrn:
@@ -198,6 +201,42 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
     if not records:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
+    return records
+
+
+async def _original_in_ledger(p: Processor, txn: Txn, kinds: tuple[Kind, ...], batch: int,
+                              stan: int, dated: bool) -> list[TransferRecord] | None:  # fmt: skip
+    """The original of a request whose journal has no record of it, from the ledger.
+
+    The journal writes its rows a little after the answers (journal.py) and
+    a process killed in between loses them; the ledger, which keeps the
+    money, has the original's transfers if it was approved. Its answer's
+    RRN and auth code are derived from what names it (context.rrn_of), and
+    its F13 is the local date of its commit, so the checks against F37, F38
+    and 61.3 are the same as against a journal record. A transfer since
+    undone (a reversal, a late answer's compensation) is for the ledger to
+    refuse when the undo or the refund is posted.
+    """
+    msg = txn.msg
+    assert txn.terminal is not None
+    tid = txn.terminal.tid
+    records: list[TransferRecord] = []
+    for kind in dict.fromkeys(LEDGER_KIND[k] for k in kinds):
+        records = await p.s.ledger.request_transfers(tid, batch, stan, kind)
+        if records:
+            break
+    date = msg.original_date if dated else None
+    if (
+        not records
+        or (msg.rrn and msg.rrn != rrn_of(tid, batch, stan, False))
+        or (msg.auth_code and msg.auth_code.strip() != auth_code_of(tid, batch, stan))
+        or (date and date != "0000" and date != time.strftime(
+            "%m%d", time.localtime(records[0].created_at_us / 1e6)))
+    ):  # fmt: skip
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
+        return None
+    log.warning("original %d/%06d of terminal %s is not in the journal: found in the ledger",
+                batch, stan, tid)  # fmt: skip
     return records
 
 

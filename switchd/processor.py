@@ -33,7 +33,7 @@ from hsm.cheap_metrics import cheap
 from hsm.client import ZPK
 from switchd import checks, codes, metrics
 from switchd.admission import Admission
-from switchd.context import LOCAL_TIME, Txn, derived_digits
+from switchd.context import LOCAL_TIME, Txn, auth_code_of, rrn_of
 from switchd.deadlines import Deadlines
 from switchd.journal import Entry
 from switchd.jsonlog import log_txn
@@ -337,12 +337,12 @@ class Processor:
         """Derived from TID + batch + STAN: a retried request gets the same RRN."""
         if not txn.rrn:
             tid = txn.msg.tid or ""
-            txn.rrn = derived_digits(12, "rrn", tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
+            txn.rrn = rrn_of(tid, txn.batch, txn.stan, txn.kind is Kind.REVERSAL)
         return txn.rrn
 
     def auth_code(self, txn: Txn) -> str:
         if not txn.auth:
-            txn.auth = derived_digits(6, "auth", txn.msg.tid or "", txn.batch, txn.stan)
+            txn.auth = auth_code_of(txn.msg.tid or "", txn.batch, txn.stan)
         return txn.auth
 
 

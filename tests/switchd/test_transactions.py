@@ -583,3 +583,62 @@ async def test_an_answer_that_cannot_be_encoded_is_a_96_under_the_configured_tpd
         assert r.msg.tpdu == t.tpdu  # not swapped: swap_tpdu = false
         assert r.msg.header[2] & 0x0F == 0  # nothing asked of the terminal
         sw.stop()
+
+
+async def _lose_journal_row(sw: Switch, tid: str, batch: str, stan: str) -> None:
+    """What a worker killed within the journal's linger leaves: the answer was
+    sent, the ledger committed, and the journal has no row of it."""
+    assert sw.services is not None
+    journal = sw.services.journal
+    await journal.flush()
+    await journal.db.run(lambda cur: cur.execute(
+        "DELETE FROM journal WHERE tid = ? AND batch = ? AND stan = ?", (tid, int(batch), int(stan))
+    ))  # fmt: skip
+    journal.forget_batch(tid, int(batch))
+    assert await journal.lookup(tid, int(batch), int(stan), False) is None
+
+
+async def test_an_original_the_journal_lost_is_found_in_the_ledger(switch: Switch) -> None:
+    """A void, a refund and a completion whose original's journal row is gone
+    still find it in the ledger, checked against F37, F38 and 61.3 as the row
+    would have been; an original the ledger never posted stays 25."""
+    c = await signed_on(switch, "10000006")
+    t = c.term
+    stan, r = await sale(c, 29, 30_00)
+    orig = t.remember("sale", r, stan)
+    await _lose_journal_row(switch, t.tid, t.batch, stan)
+    wrong_rrn = dataclasses.replace(orig, rrn="000000000000")
+    r = await c.call(t.frame(*rq.void(t.ident, card(29), t.next_stan(), 30_00, wrong_rrn)))
+    assert r.rc == "25" and r.mac_ok
+    other_auth = "000000" if orig.auth_code != "000000" else "1"
+    wrong_auth = dataclasses.replace(orig, auth_code=other_auth)
+    r = await c.call(t.frame(*rq.void(t.ident, card(29), t.next_stan(), 30_00, wrong_auth)))
+    assert r.rc == "25"
+    r = await c.call(t.frame(*rq.void(t.ident, card(29), t.next_stan(), 30_00, orig)))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 29) == 100_000_00
+    r = await c.call(t.frame(*rq.void(t.ident, card(29), t.next_stan(), 30_00, orig)))
+    assert r.rc == "12"  # the ledger knows it is voided, journal or not
+
+    stan, r = await sale(c, 29, 20_00)
+    orig = t.remember("sale", r, stan)
+    await _lose_journal_row(switch, t.tid, t.batch, stan)
+    other_day = dataclasses.replace(orig, date="0229" if orig.date != "0229" else "0228")
+    r = await c.call(t.frame(*rq.refund(t.ident, card(29), t.next_stan(), 5_00, other_day)))
+    assert r.rc == "25"
+    r = await c.call(t.frame(*rq.refund(t.ident, card(29), t.next_stan(), 5_00, orig)))
+    assert r.rc == "00"
+    assert await available(switch, 29) == 100_000_00 - 15_00
+
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(29), stan, 40_00, PIN, t.pik)))
+    assert r.rc == "00"
+    hold = t.remember("preauth", r, stan)
+    await _lose_journal_row(switch, t.tid, t.batch, stan)
+    r = await c.call(t.frame(*rq.completion(t.ident, card(29), t.next_stan(), 40_00, hold)))
+    assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 29) == 100_000_00 - 15_00 - 40_00
+
+    never = rq.Original(batch=t.batch, stan="999998", rrn=orig.rrn, auth_code=orig.auth_code)
+    r = await c.call(t.frame(*rq.void(t.ident, card(29), t.next_stan(), 20_00, never)))
+    assert r.rc == "25"
