@@ -22,9 +22,11 @@ end of the run, every receive has a timeout, reconnects back off and stop at
 the end of the run, and the fleet waits a bounded time for its terminals.
 
 Money: the fleet keeps its own tally of what the switch approved per card
-(``Tally``), so a soak can compare it with the ledger; a request whose
-outcome is unknown (no answer) is reversed, as a terminal does, and its card
-is marked uncertain until the reversal is answered.
+(``Tally``), so a soak can compare it with the ledger. A request whose
+outcome is unknown (no answer) is settled as a terminal settles it: a
+reversible one (sale, void, pre-authorization, completion) is reversed
+after reconnecting, a refund (an 0220 advice) is sent again, the same STAN,
+until it is answered (store and forward); its card is uncertain meanwhile.
 """
 
 from __future__ import annotations
@@ -152,13 +154,31 @@ class FleetConfig:
 
 @dataclass
 class Tally:
-    """What the fleet saw approved, per card sequence: the net amount taken."""
+    """What the fleet saw approved, per card sequence: the net amount taken.
+
+    ``doubts``: the requests whose outcome is not known yet, by terminal and
+    STAN, each with its card. Kept per request, not per card: two terminals
+    may leave the same card in doubt at once, and the first one's answer
+    must not clear the other's.
+    """
 
     net: dict[int, int] = field(default_factory=dict)
-    uncertain: set[int] = field(default_factory=set)
+    doubts: dict[tuple[object, object], int] = field(default_factory=dict)
 
     def add(self, seq: int, amount: int) -> None:
         self.net[seq] = self.net.get(seq, 0) + amount
+
+    def doubt(self, fields: dict[int, object], seq: int) -> None:
+        """The request (its F41 and F11) may or may not have moved card seq's money."""
+        self.doubts[(fields[41], fields[11])] = seq
+
+    def resolved(self, fields: dict[int, object]) -> None:
+        self.doubts.pop((fields[41], fields[11]), None)
+
+    @property
+    def uncertain(self) -> set[int]:
+        """The cards some request left in doubt."""
+        return set(self.doubts.values())
 
 
 class Unanswered(Exception):
@@ -275,6 +295,9 @@ class Worker:
         # The request whose outcome is unknown, to reverse after reconnecting:
         # (its fields, card sequence, amount already in the tally to take back).
         self.to_reverse: tuple[dict[int, object], int, int] | None = None
+        # The refund advice left unanswered, to send again after reconnecting:
+        # (its MTI, its fields, card sequence, amount).
+        self.to_resend: tuple[str, dict[int, object], int, int] | None = None
         # A sale's constant fields (TID, MID, codes, F60 of the batch), made once per batch.
         self._sale_batch = ""
         self._sale_template: dict[int, object] = {}
@@ -315,7 +338,8 @@ class Worker:
         self.stats.sign_on_latencies.append(time.perf_counter() - t0)
 
     async def reconnect(self, stop_at: float) -> bool:
-        """After a lost answer: a new connection, a new sign-on, then the reversal."""
+        """After a lost answer: a new connection, a new sign-on, then the reversal
+        (or the advice sent again)."""
         if self.link is not None:
             self.link.close()
         delay = 0.05
@@ -324,6 +348,8 @@ class Worker:
                 await self.connect()
                 if self.to_reverse is not None:
                     await self.reverse_unknown()
+                if self.to_resend is not None:
+                    await self.resend_advice()
                 return True
             except Exception as exc:  # refused sign-on, reset, timeout: all retried
                 self.failure(f"reconnect: {type(exc).__name__}")
@@ -568,18 +594,32 @@ class Worker:
         else:
             amount = self.rng.randint(1, o.amount)
             mti, fields = rq.refund(t.ident, card, t.next_stan(), amount, o.orig)
-        # A void is reversible; a refund (0220 advice) is not, and a lost one stays unknown.
+        # A void is reversible; a refund (0220 advice) is not: a lost one is sent again.
         self.to_reverse = (fields, o.seq, 0) if kind == "void" else None
         if kind == "refund":
-            tally.uncertain.add(o.seq)
+            tally.doubt(fields, o.seq)
+            self.to_resend = (mti, fields, o.seq, amount)
         resp = await self.call(kind, mti, fields, t0)
-        self.to_reverse = None
-        if kind == "refund":
-            tally.uncertain.discard(o.seq)
+        self.to_reverse = self.to_resend = None
+        tally.resolved(fields)
+        self._credit(kind, resp, o.seq, amount)
+
+    def _credit(self, kind: str, resp: Response, seq: int, amount: int) -> None:
+        """An answered void or refund: the card's money back, in the batch's credits."""
         if self.expect(kind, resp):
-            tally.add(o.seq, -amount)
+            self.fleet.tally.add(seq, -amount)
             self.credits[0] += amount
             self.credits[1] += 1
+
+    async def resend_advice(self) -> None:
+        """Send the unanswered refund advice again, as it was (its first answer, or
+        its first processing, comes back: a duplicate is never posted twice)."""
+        assert self.to_resend is not None
+        mti, fields, seq, amount = self.to_resend
+        resp = await self.call("refund", mti, fields)
+        self.to_resend = None
+        self.fleet.tally.resolved(fields)
+        self._credit("refund", resp, seq, amount)
 
     async def preauth(self, t0: float | None) -> None:
         """A hold, then its completion for at most the held amount."""
@@ -598,11 +638,13 @@ class Worker:
         amount = held - self.rng.randint(0, held // 2)
         cstan = t.next_stan()
         mti, fields = rq.completion(t.ident, card, cstan, amount, hold)
-        # A completion's undo leaves the hold's fate to the switch: the card is
-        # uncertain until the completion is answered.
-        tally.uncertain.add(seq)
+        # A lost completion is reversed: the hold then stands again, as counted.
+        # The card is uncertain until one of them is answered.
+        tally.doubt(fields, seq)
+        self.to_reverse = (fields, seq, 0)
         resp = await self.call("completion", mti, fields)
-        tally.uncertain.discard(seq)
+        self.to_reverse = None
+        tally.resolved(fields)
         if self.expect("completion", resp):
             tally.add(seq, amount - held)
             self.debits[0] += amount
@@ -613,10 +655,10 @@ class Worker:
         assert self.to_reverse is not None
         fields, seq, counted = self.to_reverse
         tally = self.fleet.tally
-        tally.uncertain.add(seq)
+        tally.doubt(fields, seq)
         resp = await self.call("reversal", *rq.reversal(fields, "98"))
         if self.expect("reversal", resp):
-            tally.uncertain.discard(seq)
+            tally.resolved(fields)
             tally.add(seq, -counted)
             self.to_reverse = None
 
@@ -701,7 +743,7 @@ class Worker:
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            if self.to_reverse is not None:
+            if self.to_reverse is not None or self.to_resend is not None:
                 await self.reconnect(stop_at)
             if self.cfg.settle and not self.cfg.ceiling:
                 await self.settle()

@@ -13,6 +13,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,6 +151,46 @@ def test_a_run_of_sales_survives_dropped_connections(switch: procs.Proc) -> None
     assert dict(s["codes"]).get("reversal:00", 0) >= 1  # type: ignore[call-overload]
     # A fast switch also fills batches (990 sales) and settles them mid-run.
     assert s["settlements_balanced"] == s["settlements"] >= 4
+
+
+def test_lost_refunds_are_resent_and_lost_completions_reversed(tmp_path: Path) -> None:
+    """Connections cut again and again under refunds and pre-auth completions:
+    each unanswered refund advice is sent again until answered, each unanswered
+    completion reversed, so every batch still balances and the ledger holds
+    exactly what the fleet saw approved, card by card."""
+    from bench.soak import check_ledger
+
+    conf = procs.write_switch_config(tmp_path / "var", terminals_per_merchant=PER_MERCHANT,
+                                     cards=CARDS)  # fmt: skip
+    proc = procs.start_switch(conf, tmp_path / "switch.log")
+    tally = Tally()
+    cfg = FleetConfig(port=proc.port, terminals=6, duration=3.0, mix={"refund": 3, "preauth": 2,
+                      "sale": 1}, per_merchant=PER_MERCHANT, cards=(4, CARDS),
+                      tolerate_failures=True, progress=False)  # fmt: skip
+
+    async def go() -> dict:
+        fleet = Fleet(cfg, tally=tally)
+        run = asyncio.create_task(fleet.run(None))
+        await fleet.go.wait()
+        while time.perf_counter() < fleet.stop_at - 0.5:  # the closing settlements go uncut
+            await asyncio.sleep(0.05)
+            for w in fleet.workers:
+                if w.link is not None and w.link.transport is not None:
+                    w.link.transport.abort()
+        return (await run).summary()
+
+    try:
+        s = uvloop.run(go())
+    finally:
+        assert proc.stop() == 0
+    assert s["errors"] == 0, s["error_kinds"]
+    lost = dict(s["tolerated"])  # type: ignore[call-overload]
+    assert lost.get("refund: connection closed", 0) >= 1 and lost.get("preauth: connection closed")
+    assert s["settlements_balanced"] == s["settlements"] >= 6
+    assert not tally.uncertain
+    ledger = check_ledger(tmp_path / "var" / "ledger.sqlite", tally, CARDS)
+    assert ledger["mismatched_count"] == 0, ledger["mismatched"]
+    assert not ledger["audit_problems"]
 
 
 def test_load_cli_json(switch: procs.Proc, tmp_path: Path) -> None:
