@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--soak", type=parse_duration, default=None, metavar="DURATION",
                    help="soak with misbehaving clients and an HSM cut (starts its own switch)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="with --soak: the switch's worker processes; with 2 or more, one of "
+                        "them is also SIGKILLed mid-run")  # fmt: skip
     return p
 
 
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.host.startswith("127."):
         print("bench.load: only loopback addresses are allowed", file=sys.stderr)
+        return 2
+    if args.workers < 1 or (args.workers > 1 and args.soak is None):
+        print("bench.load: --workers is for --soak (which starts its own switch), 1 or more",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.soak is not None:
         from bench.soak import run_soak

@@ -19,7 +19,11 @@ would). Then, all at once, for the duration:
   switch must close each within its frame timeout;
 - storms: thousands of connects and disconnects in a burst;
 - the HSM process is SIGKILLed at 30 % of the run and started again on the
-  same port some seconds later.
+  same port some seconds later;
+- with ``--workers N`` (2 or more): one worker process is SIGKILLed at 60 %
+  of the run; the supervisor must start another within WORKER_BACK_S, and
+  the killed worker's terminals reconnect to the others (their lost
+  answers are tolerated and reversed, as for any lost answer).
 
 At the end: the switch must still serve (sign-on and a PIN-verified
 balance inquiry), its memory must have levelled off (RSS growth over the
@@ -44,6 +48,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from bench import procs
 from bench.fleet import (
@@ -79,6 +85,9 @@ HSM_DOWN_S = 10.0
 HSM_GRACE_S = 20.0
 #: RSS the switch may still gain over the second half of a soak without it counting as growth.
 MEMORY_SLACK_MB = 50.0
+#: Longest the supervisor may take to replace a killed worker (its restart
+#: backoff starts at once; a worker's start opens the databases and the HSM pool).
+WORKER_BACK_S = 30.0
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Findings:
     stall_close_s: list[float] = field(default_factory=list)
     storms: Counter[str] = field(default_factory=Counter)
     hsm: list[str] = field(default_factory=list)
+    worker: list[str] = field(default_factory=list)
     memory: list[tuple[float, float]] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -250,6 +260,34 @@ class Soak:
         self.found.hsm.append(f"HSM restarted at {time.monotonic() - self.start:.0f} s")
         self.hsm_back_at = time.monotonic()
 
+    def _workers(self) -> list[psutil.Process]:
+        assert self.switch is not None
+        kids = psutil.Process(self.switch.pid).children()
+        return [p for p in kids if p.is_running() and "--worker" in p.cmdline()]
+
+    async def worker_kill(self) -> None:
+        """SIGKILL one worker; the supervisor must have all N running again soon."""
+        if self.args.workers < 2:
+            return
+        await self._sleep_until(0.6)
+        workers = await asyncio.to_thread(self._workers)
+        if not workers:
+            self.found.errors["no worker process found to kill"] += 1
+            return
+        victim = workers[0]
+        victim.kill()
+        killed = time.monotonic()
+        self.found.worker.append(f"worker {victim.pid} killed at {killed - self.start:.0f} s")
+        while time.monotonic() - killed < WORKER_BACK_S:
+            await asyncio.sleep(0.5)
+            now = await asyncio.to_thread(self._workers)
+            if len(now) == self.args.workers and victim.pid not in {p.pid for p in now}:
+                self.found.worker.append(
+                    f"{len(now)} workers again after {time.monotonic() - killed:.1f} s"
+                )
+                return
+        self.found.errors[f"killed worker not replaced within {WORKER_BACK_S:.0f} s"] += 1
+
     def hsm_fault_window(self) -> bool:
         """True from the HSM's kill until the pool has surely taken it back:
         91/96/98 are expected then, and errors at any other time."""
@@ -294,7 +332,7 @@ class Soak:
         self.end = self.start + self.duration
         side = [asyncio.create_task(c) for c in (
             self.garbage(), self.wrong_macs(fleet), self.stalls(), self.storms(),
-            self.hsm_cut(), self.memory(),
+            self.hsm_cut(), self.worker_kill(), self.memory(),
         )]  # fmt: skip
         progress = asyncio.create_task(self._progress(fleet))
         stats = await fleet_task
@@ -329,9 +367,10 @@ def check_ledger(ledger_path: Path, tally: Tally, cards: int) -> dict[str, objec
     pan_key = Config().security.pan_key.encode()
     mismatched: list[dict[str, object]] = []
     checked = 0
+    uncertain = tally.uncertain
     try:
         for seq in range(4, cards + 1):
-            if seq in tally.uncertain:
+            if seq in uncertain:
                 continue
             acct = lq.get_account(conn, d, card_account_id(demo_pan(seq), pan_key))
             want = START_BALANCE - tally.net.get(seq, 0)
@@ -343,7 +382,7 @@ def check_ledger(ledger_path: Path, tally: Tally, cards: int) -> dict[str, objec
     finally:
         conn.close()
     return {
-        "cards_checked": checked, "cards_uncertain": sorted(tally.uncertain),
+        "cards_checked": checked, "cards_uncertain": sorted(uncertain),
         "cards_moved": sum(1 for v in tally.net.values() if v),
         "net_approved": sum(tally.net.values()),
         "mismatched": mismatched[:50], "mismatched_count": len(mismatched),
@@ -358,10 +397,12 @@ def run_soak(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="switchd-soak-"))
     soak = Soak(args, work)
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
-    say(f"soak: {soak.duration:.0f} s, {args.terminals} terminals; work directory {work}")
+    say(f"soak: {soak.duration:.0f} s, {args.terminals} terminals, {args.workers} worker(s);"
+        f" work directory {work}")
     soak.hsm = procs.start_hsm(soak.hsm_port, work / "hsm.log")
-    conf = procs.write_switch_config(work / "var", cards=CARDS, hsm_port=soak.hsm_port)
-    soak.switch = procs.start_switch(conf, work / "switch.log")
+    conf = procs.write_switch_config(work / "var", cards=CARDS, hsm_port=soak.hsm_port,
+                                     workers=args.workers)  # fmt: skip
+    soak.switch = procs.start_switch(conf, work / "switch.log", workers=args.workers)
     say(f"soak: switch on port {soak.switch.port}, HSM on port {soak.hsm_port}")
     tally = Tally()
     cfg = FleetConfig(
@@ -393,7 +434,7 @@ def run_soak(args: argparse.Namespace) -> int:
     result["misbehaving"] = {
         "garbage": dict(f.garbage), "wrong_mac": dict(f.wrong_mac), "stalls": dict(f.stalls),
         "stall_close_s_max": round(max(f.stall_close_s), 1) if f.stall_close_s else None,
-        "storms": dict(f.storms), "hsm": f.hsm,
+        "storms": dict(f.storms), "hsm": f.hsm, "worker": f.worker,
     }  # fmt: skip
     result["errors"] = dict(f.errors)
     result["work_dir"] = str(work)
