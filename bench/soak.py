@@ -23,7 +23,8 @@ would). Then, all at once, for the duration:
 - with ``--workers N`` (2 or more): one worker process is SIGKILLed at 60 %
   of the run; the supervisor must start another within WORKER_BACK_S, and
   the killed worker's terminals reconnect to the others (their lost
-  answers are tolerated and reversed, as for any lost answer).
+  answers are tolerated and settled as for any lost answer: reversed, or a
+  refund advice sent again).
 
 At the end: the switch must still serve (sign-on and a PIN-verified
 balance inquiry), its memory must have levelled off (RSS growth over the
