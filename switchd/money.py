@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -186,14 +187,8 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
     if entry.rc != codes.APPROVED or entry.kind not in names:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
-    if msg.rrn and entry.rrn and msg.rrn != entry.rrn:
-        txn.decline(codes.ORIGINAL_NOT_FOUND)
-        return None
-    if msg.auth_code and entry.auth_code and msg.auth_code.strip() != entry.auth_code:
-        txn.decline(codes.ORIGINAL_NOT_FOUND)
-        return None
-    date = msg.original_date if dated else None
-    if date and date != "0000" and decode(entry.response).local_date != date:
+    response = entry.response
+    if not _quotes(txn, dated, entry.rrn, entry.auth_code, lambda: decode(response).local_date):
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
     kind = LEDGER_KIND[next(k for k in kinds if k.name.lower() == entry.kind)]
@@ -202,6 +197,19 @@ async def _original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], same_batch:
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
     return records
+
+
+def _quotes(txn: Txn, dated: bool, rrn: str, auth_code: str,
+            local_date: Callable[[], str | None]) -> bool:  # fmt: skip
+    """The request quotes the original's answer right: its F37 and F38 where both
+    sides have one, and (`dated`) its 61.3 the original's F13, read only then."""
+    msg = txn.msg
+    if msg.rrn and rrn and msg.rrn != rrn:
+        return False
+    if msg.auth_code and auth_code and msg.auth_code.strip() != auth_code:
+        return False
+    date = msg.original_date if dated else None
+    return not (date and date != "0000" and local_date() != date)
 
 
 async def _original_in_ledger(p: Processor, txn: Txn, kinds: tuple[Kind, ...], batch: int,
@@ -217,7 +225,6 @@ async def _original_in_ledger(p: Processor, txn: Txn, kinds: tuple[Kind, ...], b
     undone (a reversal, a late answer's compensation) is for the ledger to
     refuse when the undo or the refund is posted.
     """
-    msg = txn.msg
     assert txn.terminal is not None
     tid = txn.terminal.tid
     records: list[TransferRecord] = []
@@ -225,13 +232,9 @@ async def _original_in_ledger(p: Processor, txn: Txn, kinds: tuple[Kind, ...], b
         records = await p.s.ledger.request_transfers(tid, batch, stan, kind)
         if records:
             break
-    date = msg.original_date if dated else None
-    if (
-        not records
-        or (msg.rrn and msg.rrn != rrn_of(tid, batch, stan, False))
-        or (msg.auth_code and msg.auth_code.strip() != auth_code_of(tid, batch, stan))
-        or (date and date != "0000" and date != time.strftime(
-            "%m%d", time.localtime(records[0].created_at_us / 1e6)))
+    if not records or not _quotes(
+        txn, dated, rrn_of(tid, batch, stan, False), auth_code_of(tid, batch, stan),
+        lambda: time.strftime("%m%d", time.localtime(records[0].created_at_us / 1e6)),
     ):  # fmt: skip
         txn.decline(codes.ORIGINAL_NOT_FOUND)
         return None
