@@ -133,8 +133,9 @@ def undo_missing(req: Request, kind: str, original_id: int) -> list[Op]:
 
     If the original commits between the caller's `request_transfers` and this
     reversal (on another node too: see `core.Store.guard_new_ids`), its leg 0
-    is reversed instead, but a fee leg 1 is not: the caller should look the
-    legs up again when this answers OK, and undo the rest with `undo`.
+    is reversed instead (voided, if it is a hold), but a fee leg 1 is not: the
+    caller should look the legs up again when this answers OK, and undo the
+    rest with `undo`.
     """
     return [Reverse(req.id(kind, 0), original_id, code=kind, meta=req.meta(kind, 0))]
 

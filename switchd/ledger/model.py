@@ -191,7 +191,11 @@ class VoidPending(msgspec.Struct, frozen=True, gc=False, tag="void_pending"):
 
 
 class Reverse(msgspec.Struct, frozen=True, gc=False, tag="reverse"):
-    """Post the exact opposite of a posted transfer, once (sale void, 0400 reversal)."""
+    """Post the exact opposite of a posted transfer, once (sale void, 0400 reversal).
+
+    An original that is an open hold is voided instead (a 0400 tombstone that
+    reached the ledger just after its pre-authorization: `flows.undo_missing`).
+    """
 
     id: int
     original_id: int

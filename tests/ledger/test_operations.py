@@ -391,6 +391,47 @@ async def test_reversal_overtaking_its_original(config: LedgerConfig) -> None:
         assert (await ledger.account(c.card)).balance == 100_000  # type: ignore[union-attr]
 
 
+async def test_reversal_that_looked_just_before_its_preauth_committed(
+    config: LedgerConfig,
+) -> None:
+    """money.reversal's race with a pre-authorization in flight on the terminal's old
+    connection: the 0400 finds no original, the hold commits, then the 0400's tombstone
+    reaches the ledger. The hold must end: the terminal was told its reversal is done.
+    (Found by the fleet's cut-connection test under load: the Reverse was refused as
+    ORIGINAL_IS_PENDING, the 0400 answered 00, and the hold stood.)"""
+    async with open_ledger(config) as ledger:
+        c = await make_chart(ledger, funds=10_000)
+        tid = "T0000006"
+        pa = Request(tid, "M0001", 1, 11)
+        assert await ledger.request_transfers(tid, 1, 11, "preauth") == []  # the 0400's look
+        held = await ledger.submit_linked(flows.preauth(pa, c.card, c.merchant, 4_000, 3600))
+        assert held[0].ok
+        rev = Request(tid, "M0001", 1, 11)
+        res = await ledger.submit_linked(flows.undo_missing(rev, "reversal", pa.id("preauth")))
+        assert res[0].ok and not res[0].duplicate
+        card = await ledger.account(c.card)
+        assert card is not None and (card.debits_pending, card.available) == (0, 10_000)
+        hold = await ledger.transfer(pa.id("preauth"))
+        assert hold is not None and hold.pending_state is PendingState.VOIDED
+        # money.reversal's second look finds the hold and undoes it again: the same
+        # operation, answered as the duplicate it is; so is the terminal's repeated 0400.
+        late = await ledger.request_transfers(tid, 1, 11, "preauth")
+        again = await ledger.submit_linked(flows.undo(rev, "reversal", late))
+        assert again[0].ok and again[0].duplicate
+        assert (await ledger.submit_linked(flows.preauth(pa, c.card, c.merchant, 4_000, 3600))
+                )[0].duplicate  # fmt: skip
+        card = await ledger.account(c.card)
+        assert card is not None and (card.debits_pending, card.available) == (0, 10_000)
+        # A completed hold is not voided by a Reverse (its completion is what to reverse).
+        pb = Request(tid, "M0001", 1, 12)
+        held = await ledger.submit_linked(flows.preauth(pb, c.card, c.merchant, 1_000, 3600))
+        assert held[0].ok
+        assert (await ledger.execute(PostPending(90, pb.id("preauth"), 600))).ok
+        late_rev = await ledger.execute(Reverse(91, pb.id("preauth")))
+        assert late_rev.code is RC.ORIGINAL_IS_PENDING
+        assert await ledger.audit() == []
+
+
 async def test_refunds(config: LedgerConfig) -> None:
     async with open_ledger(config) as ledger:
         c = await make_chart(ledger)
