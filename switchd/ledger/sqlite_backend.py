@@ -19,6 +19,7 @@ batch reopens it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -34,6 +35,8 @@ from .model import CommitFailed, Result, TransferType
 from .queries import Dialect
 
 T = TypeVar("T")
+
+log = logging.getLogger("switchd.ledger")
 
 #: SQLite's default limit on host parameters is 32766 (3.32+); stay well below.
 #: How long a writer waits for the file lock held by another connection.
@@ -187,6 +190,76 @@ class _SqliteStore:
             c.executemany("INSERT OR IGNORE INTO batch_closures VALUES (?,?,?)", ch.closures)
 
 
+#: Seconds between two of the checkpointer's passes (see `_Checkpointer`).
+CHECKPOINT_EVERY_S = 1.0
+#: The writer's own automatic checkpoint, in WAL frames: only a backstop,
+#: should the checkpointer thread fall behind (each pass resets the WAL long
+#: before it is this large).
+_BACKSTOP_FRAMES = 50_000
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file from a thread of its own.
+
+    Why: SQLite's automatic checkpoint runs in the committing connection,
+    every 1,000 WAL frames by default: the ledger writer stopped after one
+    commit in two or three to copy pages, every terminal waiting on that
+    commit waited too, and the hot pages (the accounts', the index roots)
+    were copied again at each pass. Passes further apart copy them fewer
+    times, but a large pass in the writer stalled it for tens of ms.
+    Measured with 2 workers and 1,000 terminals (CPU by process, A/B runs
+    back to back): the writer's CPU per closed-loop sale 73 -> 62-67 us,
+    bytes written per sale 31 -> 25 kB; at a fixed 3,000 sales/s the
+    terminals' p99 51.6 and 36.4 -> 28.6 and 19.3 ms. The WAL holds up to
+    about a second of commits (tens of MB at full load) between passes.
+
+    Plan: every ``CHECKPOINT_EVERY_S`` this thread, on its own connection,
+    runs a PASSIVE checkpoint, which copies what the WAL holds while the
+    writer goes on committing (SQLite lets one checkpointer and one writer
+    work at once; the copying releases the GIL). The WAL can only start over
+    once every frame in it has been copied, and the writer appends frames
+    all the while, so after each pass the writer is asked (``catch_up``) to
+    copy the few frames it committed meanwhile, in a checkpoint of its own
+    after its next commit; its next transaction then starts the WAL over.
+
+    Error handling: a failed pass is logged and tried again at the next
+    interval on a new connection; the writer's automatic checkpoint at
+    ``_BACKSTOP_FRAMES`` bounds the WAL should this thread stop keeping up.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.catch_up = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ledger-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        while not self._stop.wait(CHECKPOINT_EVERY_S):
+            try:
+                if conn is None:
+                    conn = _connect(self.path)
+                busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("ledger checkpoint failed (tried again in %.0f s): %s",
+                            CHECKPOINT_EVERY_S, exc)  # fmt: skip
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                conn = None
+                continue
+            if frames > 0 and not busy:
+                self.catch_up = True
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # isolation_level=None: we issue BEGIN/COMMIT ourselves, so the module
     # never opens a transaction behind our back.
@@ -228,6 +301,7 @@ class SqliteBackend:
         # read holding the write lock, changes exactly then.
         self._accounts: AccountCache = {}
         self._data_version: int | None = None
+        self._checkpointer: _Checkpointer | None = None
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +325,10 @@ class SqliteBackend:
     def _writer_conn(self) -> sqlite3.Connection:
         if self._writer is None:
             self._writer = _connect(self.path)
+            self._writer.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_FRAMES}")
             self._all.append(self._writer)
+            if self._checkpointer is None:
+                self._checkpointer = _Checkpointer(self.path)
             if self.on_writer_open is not None:
                 self.on_writer_open(self._writer)
         return self._writer
@@ -270,7 +347,6 @@ class SqliteBackend:
                 self._data_version = version
             results = apply_batch(_SqliteStore(conn), groups, now_us, cache=self._accounts)
             conn.execute("COMMIT")
-            return results
         except BaseException as exc:
             # The cached rows may hold this batch's balances, which did not commit.
             self._accounts.clear()
@@ -285,6 +361,16 @@ class SqliteBackend:
             except sqlite3.Error:
                 self._drop_writer()
             raise CommitFailed(f"sqlite: batch of {len(groups)} not committed: {exc}") from exc
+        checkpointer = self._checkpointer
+        if checkpointer is not None and checkpointer.catch_up:
+            checkpointer.catch_up = False
+            # The frames committed during the checkpointer's pass (this batch
+            # is committed already: a failure here is only logged).
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.Error as exc:
+                log.warning("ledger checkpoint after a commit failed: %s", exc)
+        return results
 
     def _drop_writer(self) -> None:
         # data_version counts per connection: a new one starts a new count.
@@ -312,6 +398,9 @@ class SqliteBackend:
                 self._readers.append(conn)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         with self._readers_lock:
             conns, self._all, self._readers = self._all, [], []
         self._writer = None

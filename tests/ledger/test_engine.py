@@ -26,6 +26,7 @@ from switchd.ledger import (
     VoidPending,
     open_ledger,
     queries,
+    sqlite_backend,
 )
 from switchd.ledger import postgres_backend as pgb
 from switchd.ledger.core import Group
@@ -462,3 +463,39 @@ async def test_a_read_cancelled_while_queued_leaves_the_queue(config: LedgerConf
         assert scope.cancelled_caught and not ledger._reads.queue
         account = await ledger.account(c.card)
         assert account is not None and account.id == c.card
+
+
+def _wal_restarts(wal: Path) -> int:
+    """The WAL header's checkpoint sequence number: one more each time the WAL starts over."""
+    return int.from_bytes(wal.read_bytes()[12:16], "big")
+
+
+async def test_sqlite_wal_starts_over_while_commits_keep_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpointer thread copies the WAL while the writer goes on committing, and
+    the WAL starts over again and again: it does not grow with the commits, and the
+    writer's own automatic checkpoint is only a backstop far away."""
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY_S", 0.1)
+    config = LedgerConfig(data_dir=str(tmp_path))
+    backend = SqliteBackend(config.sqlite_path())
+    wal = Path(f"{config.sqlite_path()}-wal")
+    async with open_ledger(config, backend=backend) as ledger:
+        chart = await make_chart(ledger, funds=10**9)
+        assert backend._writer is not None
+        assert backend._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 50_000
+        first = _wal_restarts(wal)
+        n = 0
+        end = trio.current_time() + 2.0
+        while trio.current_time() < end:  # (a submission is not cancellable once queued)
+            ops = [Transfer(10**12 + n + k, chart.card, chart.merchant, 1, "sale")
+                   for k in range(300)]  # fmt: skip
+            results = await ledger.submit(ops)
+            assert all(r.ok for r in results), {r.code for r in results}
+            n += 300
+        assert _wal_restarts(wal) - first >= 5
+        assert (await ledger.account(chart.card)).balance == 10**9 - n  # type: ignore[union-attr]
+        assert await ledger.audit() == []
+    # Everything committed is in the database file once the ledger is closed.
+    with sqlite3.connect(config.sqlite_path()) as conn:
+        assert conn.execute("SELECT count(*) FROM transfers WHERE code = 'sale'").fetchone()[0] == n
