@@ -104,26 +104,54 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
         # Too late for the terminal: undo what was posted, answer 98. The
         # deadline has passed, so the undo must be shielded from it.
         with trio.CancelScope(shield=True):
-            await _compensate(p, txn, ops)
+            records = [await p.s.ledger.transfer(op.id) for op in ops]
+            await _compensate(p, txn, [r for r in records if r is not None], "a late posting")
         txn.decline(codes.ISSUER_TIMEOUT)
         return False
     return True
 
 
-async def _compensate(p: Processor, txn: Txn, ops: list[Op]) -> None:
+async def _compensate(p: Processor, txn: Txn, records: list[TransferRecord], what: str) -> None:
+    """Undo `records` (what `txn` posted) at once; log.critical when that fails."""
     req = _request(p, txn)
-    records = [r for r in [await p.s.ledger.transfer(op.id) for op in ops] if r is not None]
     # Filed as the terminal's own reversal would be: if the terminal sends its
     # 0400 after all, the ledger sees the same ids and answers a duplicate.
     undo = flows.undo(req, "reversal", records)
     try:
         results = await p.s.ledger.submit_linked(undo)
     except LedgerError as exc:
-        log.critical("could not undo a late posting (%s): reverse TID %s STAN %s by hand",
-                     exc, req.terminal_id, req.stan)  # fmt: skip
+        log.critical("could not undo %s (%s): reverse TID %s STAN %06d by hand",
+                     what, exc, req.terminal_id, req.stan)  # fmt: skip
         return
     if not all(r.ok for r in results):
-        log.critical("undo of a late posting refused: %s", [r.code for r in results])
+        log.critical("undo of %s refused (%s): reverse TID %s STAN %06d by hand",
+                     what, [r.code.value for r in results], req.terminal_id, req.stan)  # fmt: skip
+
+
+async def undo_unanswerable(p: Processor, txn: Txn) -> None:
+    """Undo the posting of an approval whose answer cannot be encoded.
+
+    The terminal is answered 96, which it reads as "declined, nothing done":
+    it will not reverse, so the switch undoes the posting itself, as that
+    0400 would have (`_compensate`). Only for kinds the terminal would
+    reverse (fastpath.kinds.REVERSIBLE): a reversal's undo is what was asked
+    for, and an advice (refund, completion advice) is kept and sent again by
+    the terminal until it is answered, so undoing one would lose it.
+    """
+    assert txn.terminal is not None
+    tid, what = txn.terminal.tid, "an approval that could not be encoded"
+    try:
+        records = await p.s.ledger.request_transfers(tid, txn.batch, txn.stan,
+                                                     LEDGER_KIND[txn.kind])  # fmt: skip
+    except Exception as exc:  # a read that failed (the database's own errors too)
+        log.critical("could not undo %s (%s): reverse TID %s STAN %06d by hand",
+                     what, exc, tid, txn.stan)  # fmt: skip
+        return
+    if not records:
+        log.critical("could not undo %s (no posting found): check TID %s STAN %06d",
+                     what, tid, txn.stan)  # fmt: skip
+        return
+    await _compensate(p, txn, records, what)
 
 
 async def balance(p: Processor, txn: Txn) -> None:

@@ -9,6 +9,9 @@ the ledger (``switchd.money``) or the HSM; none of them touches a socket.
 Errors: a frame that does not decode is answered ``30`` when its MTI can be
 read, a bug inside a participant is logged and answered ``96``; nothing
 escapes ``handle`` but the answer, so one bad request never harms another.
+An answer that cannot be encoded becomes a bare ``96``; if it was the
+approval of a request the terminal would reverse, its posting is undone
+first, since a terminal does not reverse a 96.
 
 Overload: at most ``max_in_flight`` transactions run their participants at
 once; the others wait their turn (``switchd.admission``), and one that waits
@@ -28,10 +31,10 @@ from fastpath.classify import classify
 from fastpath.codec import build_response, decode, decode_frame, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
-from fastpath.kinds import FINANCIAL, NAMES, Kind
+from fastpath.kinds import FINANCIAL, NAMES, REVERSIBLE, Kind
 from hsm.cheap_metrics import cheap
 from hsm.client import ZPK
-from switchd import checks, codes, metrics
+from switchd import checks, codes, metrics, money
 from switchd.admission import Admission
 from switchd.context import LOCAL_TIME, Txn, auth_code_of, rrn_of
 from switchd.deadlines import Deadlines
@@ -107,7 +110,10 @@ class Processor:
         else:
             await self._run(txn)
         try:
-            return self._answer(txn)
+            frame = self._answer(txn)
+            if frame is None:  # an approval that moved money could not be encoded
+                frame = await self._undo_unanswerable(txn)
+            return frame
         finally:
             if txn.claimed is not None:
                 self.in_progress.pop(txn.claimed).set()
@@ -201,7 +207,10 @@ class Processor:
 
     # -- answers ------------------------------------------------------------
 
-    def _answer(self, txn: Txn) -> bytes:
+    def _answer(self, txn: Txn) -> bytes | None:
+        """The answer's frame, accounted and journaled; None when it is an
+        approval of a reversible request that cannot be encoded, whose money
+        must be undone first (_undo_unanswerable)."""
         msg = txn.msg
         if txn.replay is not None:
             frame = self._replay(txn)
@@ -234,10 +243,9 @@ class Processor:
             )  # fmt: skip
         except CodecError:
             log.exception("cannot encode the answer to %s", txn.kind.name)
-            frame = build_response(
-                msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo,
-                swap_tpdu=self.cfg.terminals.swap_tpdu, processing=0,
-            )  # fmt: skip
+            if rc == codes.APPROVED and txn.kind in REVERSIBLE:
+                return None
+            frame = self._malfunction(txn, mti, mak, echo)
             rc = codes.SYSTEM_MALFUNCTION
         self._account(txn, rc)
         if txn.claimed is not None and rc != codes.SYSTEM_MALFUNCTION:
@@ -245,10 +253,39 @@ class Processor:
             # are journaled: an A0 kept under a STAN would be replayed to the
             # terminal's honest retry after it signs on again. Nor is a 96: it
             # says nothing was done, and a repeated reversal must get its undo
-            # once the fault has passed, not the 96 again. Reprocessing is
-            # safe because ledger ids come from TID + batch + STAN.
+            # once the fault has passed, not the 96 again (the one exception,
+            # _undo_unanswerable, did something and undid it). Reprocessing
+            # is safe because ledger ids come from TID + batch + STAN.
             self.s.journal.record(self._entry(txn, rc, frame))
         return frame
+
+    async def _undo_unanswerable(self, txn: Txn) -> bytes:
+        """An approval whose money moved and whose answer cannot be encoded:
+        the posting is undone, then the terminal is answered 96.
+
+        A terminal reads 96 as "declined, nothing done" and does not reverse
+        it, so the switch undoes it as that reversal would (money.py). The
+        96 is journaled, unlike any other: the terminal's retry of the same
+        STAN gets it again, where running the retry afresh would find the
+        posting in the ledger as a duplicate and approve money since undone.
+        """
+        with trio.CancelScope(shield=True):  # a closing connection must not stop the undo
+            await money.undo_unanswerable(self, txn)
+        # A reversible request is an 0100 or 0200: its answer is the MTI + 10.
+        mti = f"{txn.msg.mti_code + 10:04d}"
+        frame = self._malfunction(txn, mti, txn.mak, FINANCIAL_ECHO)
+        self._account(txn, codes.SYSTEM_MALFUNCTION)
+        if txn.claimed is not None:
+            self.s.journal.record(self._entry(txn, codes.SYSTEM_MALFUNCTION, frame))
+        return frame
+
+    def _malfunction(self, txn: Txn, mti: str, mak: DesKey | None,
+                     echo: tuple[int, ...]) -> bytes:  # fmt: skip
+        """The bare 96 sent in place of an answer that cannot be encoded."""
+        return build_response(
+            txn.msg, mti, {39: codes.SYSTEM_MALFUNCTION}, mak, echo=echo,
+            swap_tpdu=self.cfg.terminals.swap_tpdu, processing=0,
+        )  # fmt: skip
 
     def _entry(self, txn: Txn, rc: str, frame: bytes) -> Entry:
         msg = txn.msg
