@@ -34,7 +34,7 @@ from switchd.ledger import (
     flows,
     merchant_account_id,
 )
-from switchd.ledger.model import TransferRecord
+from switchd.ledger.model import PendingState, TransferRecord
 
 if TYPE_CHECKING:
     from switchd.processor import Processor
@@ -100,6 +100,14 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
     if failed:
         txn.decline(codes.from_ledger(failed[0].code))
         return False
+    if results[0].duplicate and await _undone(p, ops[0].id):
+        # The ledger answers a repeated request with its first result, but
+        # that posting has been undone since (an approval that came late or
+        # could not be encoded, a reversal): approving the retry would report
+        # money that did not move. The journal answers such retries; this
+        # holds where it lost the record (journal.py).
+        txn.decline(codes.from_ledger(ResultCode.ALREADY_REVERSED))
+        return False
     if trio.current_time() > txn.deadline:
         # Too late for the terminal: undo what was posted, answer 98. The
         # deadline has passed, so the undo must be shielded from it.
@@ -109,6 +117,14 @@ async def _post(p: Processor, txn: Txn, ops: list[Op]) -> bool:
         txn.decline(codes.ISSUER_TIMEOUT)
         return False
     return True
+
+
+async def _undone(p: Processor, transfer_id: int) -> bool:
+    """The transfer has been reversed, or (a hold) voided, since it was posted."""
+    rec = await p.s.ledger.transfer(transfer_id)
+    return rec is not None and (
+        rec.reversed_by is not None or rec.pending_state == PendingState.VOIDED
+    )
 
 
 async def _compensate(p: Processor, txn: Txn, records: list[TransferRecord], what: str) -> None:

@@ -24,7 +24,7 @@ from switchd.daemon import Switch
 from switchd.demo import demo_pan
 from switchd.ledger import CommitFailed, Op, fee_account_id, merchant_account_id
 
-from .test_transactions import MID, PIN, available, card, sale, signed_on
+from .test_transactions import MID, PIN, _lose_journal_row, available, card, sale, signed_on
 
 FULL = 100_000_00  # a demo card's balance
 
@@ -84,6 +84,23 @@ async def test_a_sale_approved_but_unencodable_is_undone_and_answered_96(
     _, r = await sale(c, 5, 30_00)
     assert r.rc == "00" and r.mac_ok
     assert await available(switch, 5) == FULL - 30_00
+
+
+async def test_a_retry_the_journal_lost_is_not_approved_from_the_ledger(
+    switch: Switch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the journal's 96 the retry runs again and the ledger answers it
+    as a duplicate of the sale: undone since, it is refused, not approved."""
+    c = await signed_on(switch, "10000002")
+    t = c.term
+    stan = t.next_stan()
+    mti, fields = rq.sale(t.ident, card(6), stan, 20_00, PIN, t.pik)
+    Unencodable(monkeypatch, stan)
+    assert (await c.call(t.frame(mti, fields))).rc == "96"
+    await _lose_journal_row(switch, t.tid, t.batch, stan)
+    r = await c.call(t.frame(mti, fields))
+    assert r.rc == "12" and r.mac_ok
+    assert await available(switch, 6) == FULL
 
 
 async def test_a_void_approved_but_unencodable_leaves_the_sale_standing(
