@@ -288,9 +288,22 @@ async def _original_in_ledger(p: Processor, txn: Txn, kinds: tuple[Kind, ...], b
 
 
 async def _undo_original(p: Processor, txn: Txn, kinds: tuple[Kind, ...], kind: str) -> None:
-    """A void of the same batch and amount: every leg of the original undone once."""
+    """A void of the same batch, card and amount: every leg of the original undone once.
+
+    A void names its original by F37 + F38 + F61 (PROTOCOL.md section 3): one
+    without F37 or F38 is a format error (30), as one without F61 is. One
+    whose card is not the original's names no original (25): undone, it
+    would credit the original's card while the terminal prints another.
+    """
+    msg = txn.msg
+    if not (msg.rrn or "").strip() or not (msg.auth_code or "").strip():
+        txn.decline(codes.FORMAT_ERROR)
+        return
     records = await _original(p, txn, kinds, same_batch=True)
     if records is None:
+        return
+    if records[0].debit_account_id != _card_account(p, txn):
+        txn.decline(codes.ORIGINAL_NOT_FOUND)
         return
     if txn.amount != records[0].amount:
         txn.decline(codes.AMOUNT_DIFFERS)

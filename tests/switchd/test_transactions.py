@@ -140,9 +140,44 @@ async def test_void_and_its_errors(switch: Switch) -> None:
     assert await available(switch, 13) == 100_000_00
     r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 50_00, orig)))
     assert r.rc == "12"  # already voided
-    missing = rq.Original(batch=t.batch, stan="999999")
+    missing = dataclasses.replace(orig, stan="999999")  # quoting F37 and F38, as a void must
     r = await c.call(t.frame(*rq.void(t.ident, card(13), t.next_stan(), 50_00, missing)))
     assert r.rc == "25"
+
+
+async def test_a_void_must_quote_its_original_and_be_of_its_card(switch: Switch) -> None:
+    """PROTOCOL.md §3: a void names its original by F37 + F38 + F61. Without F37
+    or F38 it is a format error (30), as without F61; another card than the
+    original's names no original (25). Nothing moves either way."""
+    c = await signed_on(switch, "10000015")
+    t = c.term
+    stan, r = await sale(c, 32, 40_00)
+    sold = t.remember("sale", r, stan)
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.preauth(t.ident, card(33), stan, 80_00)))
+    hold = t.remember("preauth", r, stan)
+    stan = t.next_stan()
+    r = await c.call(t.frame(*rq.completion(t.ident, card(33), stan, 80_00, hold)))
+    assert r.rc == "00"
+    done = t.remember("completion", r, stan)
+    voids = ((rq.void, 32, 40_00, sold), (rq.completion_void, 33, 80_00, done))
+    for void, seq, amount, orig in voids:
+        no_rrn, no_auth = dataclasses.replace(orig, rrn=""), dataclasses.replace(orig, auth_code="")
+        for unquoted in (no_rrn, no_auth):
+            r = await c.call(t.frame(*void(t.ident, card(seq), t.next_stan(), amount, unquoted)))
+            assert r.rc == "30" and r.mac_ok
+        r = await c.call(t.frame(*void(t.ident, card(34), t.next_stan(), amount, orig)))
+        assert r.rc == "25" and r.mac_ok
+        assert await available(switch, seq) == 100_000_00 - amount
+    assert await available(switch, 34) == 100_000_00
+    for void, seq, amount, orig in voids:
+        r = await c.call(t.frame(*void(t.ident, card(seq), t.next_stan(), amount, orig)))
+        assert r.rc == "00" and r.mac_ok
+    assert await available(switch, 32) == 100_000_00
+    # The completion voided, the hold stands again: cancelled, the card is whole.
+    r = await c.call(t.frame(*rq.preauth_cancel(t.ident, card(33), t.next_stan(), 80_00, hold)))
+    assert r.rc == "00"
+    assert await available(switch, 33) == 100_000_00
 
 
 async def test_a_void_reversed_by_the_terminal_can_be_voided_again(switch: Switch) -> None:
