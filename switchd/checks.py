@@ -262,6 +262,10 @@ async def pin(p: Processor, txn: Txn) -> None:
 
     F53's first digit says how the block was formed; a block that F53 says
     is not there (0) or in a format we do not know is 99, sign on again.
+    Its second digit (0 single DES, 6 3DES) is not checked: the PIK's length
+    is the one its sign-on made (60.3), and a block made otherwise does not
+    decrypt to a PIN block (the HSM's 20/23/24: 99 here, no try counted),
+    while a wrong digit over a good block would only refuse a good PIN.
     """
     block = txn.msg.pin_block
     if block is None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastpath import requests as rq
-from fastpath.crypto import DesKey, encrypt_pin_block
+from fastpath.crypto import DesKey, decrypt_working_key, encrypt_pin_block
 from switchd.daemon import Switch
 
-from .conftest import Conn
+from .conftest import Conn, connect
 from .test_transactions import PIN, available, card, signed_on
 
 NO_PIN, WITHOUT_PAN, WITH_PAN = "0600000000000000", "1600000000000000", "2600000000000000"
@@ -87,3 +87,33 @@ async def test_encrypted_tracks_are_not_supported(switch: Switch) -> None:
     r = await sale_with(c, 40, 1_00, block, "2610000000000000")
     assert r.rc == "40" and r.mac_ok
     assert await available(switch, 40) == before
+
+
+async def test_f53s_algorithm_digit_is_not_checked_against_the_session(switch: Switch) -> None:
+    """F53 digit 2 (0 single DES, 6 3DES) is what the terminal declares; the
+    PIK's length is what its sign-on gave it (60.3 001: single, 003/004:
+    double), and the PIN block is read with that key. A wrong digit over a
+    block made with the session's PIK is harmless: approved. A block really
+    made with another algorithm does not decrypt to a PIN block: 99, sign on
+    again, and no PIN try is counted."""
+    c = await connect(switch, "10000015")
+    r = await c.sign_on("003")  # double-length PIK
+    t = c.term
+    assert t.pik is not None
+    block = encrypt_pin_block(t.pik, PIN, card(35).pan)
+    assert (await sale_with(c, 35, 1_00, block, "2000000000000000")).rc == "00"
+    # Single DES under the left half of the double-length PIK: refused 99,
+    # as often as pin_tries and more, and the card's PIN still works after.
+    left = DesKey(decrypt_working_key(t.tmk, r.msg[62][:16])[:8])
+    single = encrypt_pin_block(left, PIN, card(35).pan)
+    for _ in range(4):
+        r = await sale_with(c, 35, 1_00, single, "2000000000000000")
+        assert r.rc == "99" and r.mac_ok and r.msg.header[2] & 0x0F == 3
+    assert (await sale_with(c, 35, 1_00, block, "2600000000000000")).rc == "00"
+
+    c = await connect(switch, "10000014")
+    await c.sign_on("001")  # single-length PIK: "3DES" with it is single DES
+    assert c.term.pik is not None
+    block = encrypt_pin_block(c.term.pik, PIN, card(34).pan)
+    assert (await sale_with(c, 34, 1_00, block, "2600000000000000")).rc == "00"
+    assert await available(switch, 34) == 100_000_00 - 1_00
