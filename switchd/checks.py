@@ -260,6 +260,11 @@ ISO_0, ISO_1 = "01", "05"
 async def pin(p: Processor, txn: Txn) -> None:
     """When F52 is present: the HSM checks it against the card's PVV (55 / 75).
 
+    Tries (security.pin_tries = N): wrong PINs 1 to N-1 are 55; the Nth, the
+    one that reaches the limit, is 75, as issuers answer it; after that every
+    PIN is 75 without asking the HSM. A right PIN before the limit resets
+    the count.
+
     F53's first digit says how the block was formed; a block that F53 says
     is not there (0) or in a format we do not know is 99, sign on again.
     Its second digit (0 single DES, 6 3DES) is not checked: the PIK's length

@@ -85,6 +85,10 @@ class Security(Base):
     kek: str = "D3E0D3E0D3E0D3E0C1C2C3C4C5C6C7C8"
     # Keyed hash of PANs (card lookup, account ids): same rule as the KEK.
     pan_key: str = "demo-pan-hash-key"
+    # Wrong PINs in a row that block the card's PIN: the wrong PIN that
+    # reaches it is answered 75 (55 before it), and so is every PIN after,
+    # right or wrong, until the count is reset (admin API); a right PIN
+    # before then sets it back to 0.
     pin_tries: int = 3
     # The KEK under the LMK as a ZMK (type 000), from the key ceremony. Needed
     # with an external HSM; the embedded one derives it from its LMK.

@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 
 from fastpath import requests as rq
-from switchd.config import Parameters, Terminals, Transactions
+from switchd.config import Parameters, Security, Terminals, Transactions
 from switchd.daemon import Switch
 from switchd.demo import demo_pan
 from switchd.ledger import card_account_id, fee_account_id, merchant_account_id
@@ -126,6 +126,21 @@ async def test_wrong_pin_three_times(switch: Switch) -> None:
     assert codes == ["55", "55", "75"]
     assert (await sale(c, 12, 1_00, PIN))[1].rc == "75"  # blocked now
     assert await available(switch, 12) == before
+
+
+async def test_the_wrong_pin_that_reaches_pin_tries_is_75(tmp_path: Path) -> None:
+    """security.pin_tries = N: wrong PINs before the Nth are 55, the Nth is 75
+    (the try that reaches the limit, as issuers answer it), and every PIN after
+    it, right ones too; a right PIN before the limit resets the count."""
+    sw = Switch(small_config(tmp_path / "var", security=Security(pin_tries=2)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sw.run)
+        c = await signed_on(sw)
+        pins = ("111111", PIN, "111111", "111111", PIN, "111111")
+        codes = [(await sale(c, 12, 1_00, pin))[1].rc for pin in pins]
+        assert codes == ["55", "00", "55", "75", "75", "75"]
+        assert await available(sw, 12) == 100_000_00 - 1_00
+        sw.stop()
 
 
 async def test_void_and_its_errors(switch: Switch) -> None:
