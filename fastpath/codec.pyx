@@ -422,6 +422,7 @@ cdef long long field_number(Message m, int f, int start, int count) noexcept:
 cdef Message _decode(bytes raw, Py_ssize_t base, Py_ssize_t tpdu_at):
     cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(raw)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(raw), pos = base, units, nb
+    cdef Py_ssize_t field_at  # where the field being read starts: the readable part's end
     cdef int f, i, lenbytes, nib, first_data, last_data, pad_at
     cdef uint8_t fmt, c
     cdef Message m = Message.__new__(Message)
@@ -445,25 +446,27 @@ cdef Message _decode(bytes raw, Py_ssize_t base, Py_ssize_t tpdu_at):
             m.off[f] = -1
             continue
         fmt = FMT[f]
+        field_at = pos
         if fmt == F_NONE:
             raise DecodeError("bitmap names a field the CUP POS field set does not define",
-                              f, pos)
+                              f, pos, field_at)
         lenbytes = LENKIND[f]
         if lenbytes == L_FIXED:
             units = MAXLEN[f]
         else:
             if pos + lenbytes > n:
-                raise DecodeError("truncated length prefix", f, pos)
+                raise DecodeError("truncated length prefix", f, pos, field_at)
             units = _bcd_len(p + pos, lenbytes)
             if units < 0:
-                raise DecodeError("length prefix is not BCD", f, pos)
+                raise DecodeError("length prefix is not BCD", f, pos, field_at)
             if units > MAXLEN[f]:
-                raise DecodeError(f"length {units} over the maximum {MAXLEN[f]}", f, pos)
+                raise DecodeError(f"length {units} over the maximum {MAXLEN[f]}", f, pos,
+                                  field_at)
         m.prefix[f] = lenbytes
         pos += lenbytes
         nb = (units + 1) >> 1 if fmt == F_N or fmt == F_Z else units
         if pos + nb > n:
-            raise DecodeError(f"truncated: needs {nb} bytes, {n - pos} left", f, pos)
+            raise DecodeError(f"truncated: needs {nb} bytes, {n - pos} left", f, pos, field_at)
         if fmt == F_N or fmt == F_Z:
             # Nibble positions of the data; the other one, if any, is padding.
             pad_at = -1
@@ -473,20 +476,22 @@ cdef Message _decode(bytes raw, Py_ssize_t base, Py_ssize_t tpdu_at):
                 nib = (p[pos + (i >> 1)] >> 4) if not (i & 1) else (p[pos + (i >> 1)] & 15)
                 if i == pad_at:
                     if nib != 0 and nib != 15:
-                        raise DecodeError("pad nibble is neither 0 nor F", f, pos + (i >> 1))
+                        raise DecodeError("pad nibble is neither 0 nor F", f, pos + (i >> 1),
+                                          field_at)
                 elif nib > 9 and not (fmt == F_Z and nib == 13):
-                    raise DecodeError("non-BCD nibble in a numeric field", f, pos + (i >> 1))
+                    raise DecodeError("non-BCD nibble in a numeric field", f, pos + (i >> 1),
+                                      field_at)
         elif fmt == F_AN:
             for i in range(nb):
                 c = p[pos + i]
                 if c < 0x20 or c == 0x7F:
-                    raise DecodeError("control byte in a text field", f, pos + i)
+                    raise DecodeError("control byte in a text field", f, pos + i, field_at)
         m.off[f] = <int>pos
         m.nbytes[f] = <int>nb
         m.units[f] = <int>units
         pos += nb
     if pos != n:
-        raise DecodeError(f"{n - pos} trailing bytes after the last field", None, pos)
+        raise DecodeError(f"{n - pos} trailing bytes after the last field", None, pos, pos)
     return m
 
 
@@ -507,6 +512,26 @@ def decode_frame(body) -> Message:
     if p[0] != 0x60:
         raise DecodeError(f"TPDU ID is {p[0]:02X}, not 60", None, 0)
     return _decode(<bytes>body, TPDU_HEADER, 0)
+
+
+def decode_readable(body, exc):
+    """What of a frame body could be read before ``exc`` (the DecodeError that
+    ``decode_frame(body)`` raised): a Message of the fields before the one that
+    failed (all of them when bytes trail the last), or None when none could be.
+    For an answer that echoes what it can of a request that does not decode."""
+    if exc.start < 0:
+        return None
+    head = bytes(body[: exc.start])
+    if exc.field is not None:
+        # Field f is bit 64 - f of the big-endian bitmap: that field's bit and
+        # every later one cleared, the fields before it decode as they did.
+        at = TPDU_HEADER + 2
+        bitmap = int.from_bytes(head[at : at + 8], "big") & ~((1 << (65 - exc.field)) - 1)
+        head = head[:at] + bitmap.to_bytes(8, "big") + head[at + 8 :]
+    try:
+        return decode_frame(head)
+    except DecodeError:
+        return None
 
 
 # -- encoding ----------------------------------------------------------------

@@ -19,13 +19,18 @@ class DecodeError(CodecError):
 
     ``field`` is the field number (0 for the MTI, 1 for the bitmap, None for
     the frame as a whole), ``offset`` the byte offset in the decoded buffer
-    where the problem was found.
+    where the problem was found. ``start`` is where what could be read ends:
+    the first byte of the field that failed (every field before it decoded),
+    or the end of the last field when bytes trail it; -1 when nothing past
+    the bitmap was read. An answer can echo what lies before it.
     """
 
-    def __init__(self, reason: str, field: int | None = None, offset: int = 0) -> None:
+    def __init__(self, reason: str, field: int | None = None, offset: int = 0,
+                 start: int = -1) -> None:  # fmt: skip
         self.reason = reason
         self.field = field
         self.offset = offset
+        self.start = start
         where = f"field {field}" if field is not None else "message"
         super().__init__(f"{where} at offset {offset}: {reason}")
 

@@ -7,8 +7,9 @@ response code ends the list. Participants that need money or secrets call
 the ledger (``switchd.money``) or the HSM; none of them touches a socket.
 
 Errors: a frame that does not decode is answered ``30`` when its MTI can be
-read, a bug inside a participant is logged and answered ``96``; nothing
-escapes ``handle`` but the answer, so one bad request never harms another.
+read, echoing what decoded before the bad field; a bug inside a participant
+is logged and answered ``96``; nothing escapes ``handle`` but the answer, so
+one bad request never harms another.
 An answer that cannot be encoded becomes a bare ``96``; if it was the
 approval of a request the terminal would reverse, its posting is undone
 first, since a terminal does not reverse a 96.
@@ -28,7 +29,7 @@ from typing import Any
 import trio
 
 from fastpath.classify import classify
-from fastpath.codec import build_response, decode, decode_frame, encode_frame
+from fastpath.codec import build_response, decode, decode_frame, decode_readable, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import CodecError, DecodeError
 from fastpath.kinds import FINANCIAL, NAMES, REVERSIBLE, Kind
@@ -52,6 +53,10 @@ Participant = Callable[["Processor", Txn], Awaitable[None]]
 FINANCIAL_ECHO = (2, 3, 4, 11, 25, 41, 42, 49, 60, 61)
 MANAGEMENT_ECHO = (11, 41, 42, 60)
 SETTLEMENT_ECHO = (11, 41, 42, 49, 60, 63)
+#: What the 30 to a request that does not decode echoes, by its MTI (the
+#: kind is unknown): as the answers to that MTI's kinds do, else MANAGEMENT_ECHO.
+UNDECODABLE_ECHO = {100: FINANCIAL_ECHO, 200: FINANCIAL_ECHO, 220: FINANCIAL_ECHO,
+                    400: FINANCIAL_ECHO, 500: SETTLEMENT_ECHO}  # fmt: skip
 #: Headers' processing-requirement nibble: sign on again.
 SIGN_ON_AGAIN = 3
 #: The answers that ask for it (MAC error, PIN format, batch not open): a
@@ -336,8 +341,19 @@ class Processor:
         mti = (hi >> 4) * 1000 + (hi & 15) * 100 + (lo >> 4) * 10 + (lo & 15)
         if mti % 20 >= 10 or mti not in (100, 200, 220, 320, 400, 500, 800, 820):
             return None
-        tpdu = self._answer_tpdu(body[:5])
         metrics.TRANSACTIONS.labels("unsupported", codes.FORMAT_ERROR).inc()
+        readable = decode_readable(body, exc)
+        if readable is not None:
+            # The fields that decoded before the bad one are echoed as in any
+            # answer to this MTI (PROTOCOL.md section 3): a terminal matches
+            # an answer to its request by them (F11, F41, ...), and would
+            # drop a 30 that carried F39 alone. Unsigned: no MAC was checked.
+            return build_response(
+                readable, f"{mti + 10:04d}", {39: codes.FORMAT_ERROR}, None,
+                echo=UNDECODABLE_ECHO.get(mti, MANAGEMENT_ECHO),
+                swap_tpdu=self.cfg.terminals.swap_tpdu, processing=0,
+            )  # fmt: skip
+        tpdu = self._answer_tpdu(body[:5])
         return encode_frame(tpdu, _answer_header(body[5:11]), f"{mti + 10:04d}",
                             {39: codes.FORMAT_ERROR})  # fmt: skip
 

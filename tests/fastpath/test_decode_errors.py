@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastpath import requests as rq
-from fastpath.codec import decode, decode_frame, encode
+from fastpath.codec import decode, decode_frame, decode_readable, encode, encode_frame
 from fastpath.errors import CodecError, DecodeError
 
 BITMAP_2 = "4000000000000000"
@@ -119,3 +119,36 @@ def test_settlement_totals_need_field_48() -> None:
     with pytest.raises(DecodeError) as err:
         decode(encode("0500", {60: "00000001201"})).settlement_totals()
     assert err.value.field == 48
+
+
+def test_start_is_where_what_could_be_read_ends() -> None:
+    """The failed field's first byte (its length prefix), the end of the last
+    field when bytes trail it, -1 when nothing past the bitmap was read."""
+    assert bad("02A0" + BITMAP_2).start == -1
+    assert bad("0200" + "C000000000000000").start == -1
+    assert bad("0200" + BITMAP_2 + "20" + "11" * 10).start == 10
+    assert bad("0200" + "2000000000000000" + "0000A0").start == 10  # the fault at 12
+    assert bad("0200" + "2000000000000000" + "000000" + "FF").start == 13
+
+
+def _frame_error(body: bytes) -> DecodeError:
+    with pytest.raises(DecodeError) as err:
+        decode_frame(body)
+    return err.value
+
+
+def test_decode_readable_gives_the_fields_before_the_bad_one() -> None:
+    t = rq.Terminal("10000001", "898100012340001")
+    mti, fields = rq.echo_test(t, "000123")
+    body = encode_frame(rq.DEFAULT_TPDU, rq.DEFAULT_HEADER, mti, fields)[2:]
+    whole = decode_frame(body)
+    short = _frame_error(body[:-1])  # field 60, the last, a byte short
+    part = decode_readable(body[:-1], short)
+    assert part is not None and part.fields == (11, 41, 42)
+    assert (part.stan, part.tid, part.mid) == (whole.stan, whole.tid, whole.mid)
+    assert (part.tpdu, part.header, part.mti) == (whole.tpdu, whole.header, "0820")
+    trailing = _frame_error(body + b"\x00")
+    part = decode_readable(body + b"\x00", trailing)
+    assert part is not None and part.fields == whole.fields
+    bitmap = body[:13] + b"\xc0" + body[14:]  # a secondary bitmap: nothing can be read
+    assert decode_readable(bitmap, _frame_error(bitmap)) is None

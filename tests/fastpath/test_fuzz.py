@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fastpath import requests as rq
 from fastpath.classify import classify
-from fastpath.codec import Message, decode, decode_frame, encode_frame
+from fastpath.codec import Message, decode, decode_frame, decode_readable, encode_frame
 from fastpath.crypto import DesKey
 from fastpath.errors import DecodeError, FrameError
 from fastpath.framing import FrameSplitter
@@ -43,9 +43,20 @@ def exercise(msg: Message) -> None:
 def check(body: bytes) -> None:
     try:
         msg = decode_frame(body)
-    except DecodeError:
+    except DecodeError as exc:
+        readable(body, exc)
         return
     exercise(msg)
+
+
+def readable(body: bytes, exc: DecodeError) -> None:
+    """What decode_readable gives is whole and holds only fields before the failed one."""
+    part = decode_readable(body, exc)
+    if part is None:
+        assert exc.start < 0 or len(body) < 21 or body[0] != 0x60
+        return
+    exercise(part)
+    assert exc.field is None or all(f < exc.field for f in part.fields)
 
 
 @settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])

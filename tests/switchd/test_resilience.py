@@ -18,6 +18,7 @@ from switchd.demo import demo_pan
 from switchd.ledger import CommitFailed, card_account_id
 
 from .conftest import Conn, connect, small_config, switch_behind_relay
+from .test_transactions import available
 
 CARD = rq.Card(demo_pan(30), "3012")
 
@@ -33,6 +34,34 @@ async def test_undecodable_frame_gets_30_and_the_connection_lives(switch: Switch
     r = await c.call(len(bad).to_bytes(2, "big") + bad)
     assert r.msg.mti == "0210" and r.rc == "30"
     assert (await c.call(good)).rc == "00"
+
+
+async def test_an_undecodable_request_is_answered_30_echoing_what_could_be_read(
+    switch: Switch,
+) -> None:
+    """An answer echoes the request's 3, 4, 11, 25, 41, 42, 49, 60 (PROTOCOL.md
+    §3), and a terminal matches an answer to its request by them: a 30 with
+    F39 alone matches nothing. The fields that decoded before the bad one are
+    echoed; the answer is unsigned (no MAC was checked). Nothing is posted."""
+    c = await connect(switch, "10000009")
+    await c.sign_on()
+    t = c.term
+    before = await available(switch, 30)
+    mti, fields = rq.sale(t.ident, CARD, t.next_stan(), 5_00)
+    body = t.frame(mti, fields, sign=False)[2:-1]  # F60, the last field, a byte short
+    r = await c.call(len(body).to_bytes(2, "big") + body)
+    assert r.msg.mti == "0210" and r.rc == "30" and r.mac_ok is None
+    assert r.msg.fields == (3, 4, 11, 25, 39, 41, 42, 49)
+    assert (r.msg.stan, r.msg.amount, r.msg.tid) == (fields[11], 5_00, t.tid)
+    assert r.msg.tpdu == t.tpdu[:1] + t.tpdu[3:5] + t.tpdu[1:3]  # swapped, as configured
+    mti, fields = rq.sale(t.ident, CARD, t.next_stan(), 6_00)
+    body = t.frame(mti, fields)[2:] + b"\x00"  # every field whole, a byte after them
+    r = await c.call(len(body).to_bytes(2, "big") + body)
+    assert r.rc == "30" and r.msg.fields == (3, 4, 11, 25, 39, 41, 42, 49, 60)
+    assert r.msg.stan == fields[11] and r.msg.batch == t.batch
+    assert await available(switch, 30) == before
+    r = await c.call(t.frame(*rq.echo_test(t.ident, t.next_stan())))
+    assert r.rc == "00" and r.mac_ok  # the connection lives
 
 
 async def test_a_refund_whose_original_cannot_be_read_gets_96(
