@@ -7,7 +7,9 @@ from functools import partial
 import pytest
 import trio
 
+from hsm.core import COMMANDS, reply_code
 from hsm.lmk import LmkSet
+from hsm.pinblock import visa_pvv
 from hsm.server import serve_hsm
 from hsm.testing import key_under_lmk, pin_block
 
@@ -238,6 +240,66 @@ async def test_pvk_parity_and_length_errors(raw_client: Connect, lmk: LmkSet) ->
     good = visa_pvv(bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"), "123456789012", "1", "1234")
     request = b"0000DC" + tpk.encode() + (pvk_a + pvk_b).encode() + block + b"01123456789012"
     assert await c.ask(request + b"1" + good.encode()) == b"0000DD00"
+
+
+async def test_a_pvk_of_identical_halves_is_used_as_given(raw_client: Connect, lmk: LmkSet) -> None:
+    """27 is "PVK not double length" (THALES.md §5): the PVK's length, which its
+    field's form gives (Z or a bare 16H single, U+32H or a PVK-A, PVK-B pair
+    double; see test_pvk_parity_and_length_errors). Halves that are equal make
+    a double-length key as strong as single DES, but THALES.md does not call
+    that an error and the simulators it cites (PT, NT) check the form only; a
+    real payShield's answer is not public. So it is used as given: DC/EC
+    answer 00 or 01 by the PVV, DG makes the PVV under it."""
+    half = bytes.fromhex("0123456789ABCDEF")
+    account, pin = "123456789012", "1234"
+    good = visa_pvv(half + half, account, "1", pin)
+    tpk = key_under_lmk(lmk, "002", bytes.fromhex("0123456789ABCDEFFEDCBA9876543210"))
+    zpk = key_under_lmk(lmk, "001", bytes.fromhex("89ABCDEF01234567FEDCBA9876543210"))
+    pvk_half = key_under_lmk(lmk, "002", half)
+    c = await raw_client()
+    under_lmk = (await c.ask(b"0000BA" + pin.encode() + b"F" + account.encode()))[8:]
+    wrong = f"{(int(good) + 1) % 10_000:04d}".encode()
+    for pvk in (key_under_lmk(lmk, "002", half + half), pvk_half + pvk_half):
+        for cmd, key, reply in ((b"DC", tpk, b"DD"), (b"EC", zpk, b"ED")):
+            block = pin_block(lmk, "002" if cmd == b"DC" else "001", key, pin, account).encode()
+            head = b"0000" + cmd + key.encode() + pvk.encode() + block + b"01" + account.encode()
+            assert await c.ask(head + b"1" + good.encode()) == b"0000" + reply + b"00"
+            assert await c.ask(head + b"1" + wrong) == b"0000" + reply + b"01"
+        dg = b"0000DG" + pvk.encode() + under_lmk + account.encode() + b"1"
+        assert await c.ask(dg) == b"0000DH00" + good.encode()
+
+
+async def test_m6_m8_message_length_counts_the_characters_sent(raw_client: Connect) -> None:
+    """THALES.md §5 gives "message length 4H" without saying of what. For input
+    format 1 (hex-encoded binary) it counts the hex characters sent, as UT's M8
+    test frame has it (0008 before ABCDEF12) and NT reads it (the message is
+    that many characters whatever the format); for binary and text the bytes
+    are the characters. A byte count for hex input leaves characters unread:
+    refused 15, never a MAC over half the message."""
+    tak = b"U90A17A99E4BA32475E692D7AAE177BBD"
+    c = await raw_client()
+    m7 = await c.ask(b"0000M6" + b"00031003" + tak + b"0004" + bytes.fromhex("ABCDEF12"))
+    assert m7[:8] == b"0000M700" and len(m7) == 16
+    mac = m7[8:]
+    assert await c.ask(b"0000M6" + b"01031003" + tak + b"0008ABCDEF12") == m7
+    assert await c.ask(b"0000M8" + b"01031003" + tak + b"0008ABCDEF12" + mac) == b"0000M900"
+    assert await c.ask(b"0000M8" + b"01031003" + tak + b"0004ABCDEF12" + mac) == b"0000M915"
+
+
+async def test_reply_codes_are_the_commands_second_character_plus_one(
+    raw_client: Connect,
+) -> None:
+    """A8 answers A9 (its error too), M8 M9. Every request code Thales defines
+    has an even second character (0-8, A-Y) and its reply the next one, so
+    none ends in 9 or Z; a code that does is an unknown command (a reply code
+    sent back, say), answered error 99 with the same rule, the byte after:
+    A9 -> A:, AZ -> A[. It is what a host checking "second character + 1"
+    expects, and the header, not the code, matches replies to requests."""
+    c = await raw_client()
+    assert await c.ask(b"0000A8") == b"0000A915"
+    assert all(reply_code(cmd)[1:] in b"13579BDFHJLNPRTVXZ" for cmd in COMMANDS)
+    assert await c.ask(b"0000A9") == b"0000A:99"
+    assert await c.ask(b"0000AZ") == b"0000A[99"
 
 
 async def test_variant_forms_under_a_single_length_zmk_are_refused_27(
