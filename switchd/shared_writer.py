@@ -8,18 +8,22 @@ the terminals' answers from 16 to 28 ms. Each writer's cache of account rows
 was also thrown away at every batch, since another process had written. One
 writer for all the workers commits what they all sent since its last commit
 in one transaction with one fsync (``childproc.serve_shared``; the writer is
-``switchd.ledger.writer_process.shared_main``).
+``switchd.ledger.writer_process.shared_main``). ``SharedWriter`` knows no
+more of the writer than its module, its start-up message and its socket's
+name, so that other writers can be shared the same way.
 
 Resource handling: the supervisor binds the Unix socket (mode 0600, in the
 data directory, or in a private temporary directory when that path is too
 long for a socket address) and keeps it for its whole life, so a worker
 that connects while the writer is being started again waits in the backlog.
-The writer's lifeline is a socket pair: it leaves when the supervisor closes
-it (after the workers have drained) or dies.
+Workers find the socket in an environment variable (``env_var``). The
+writer's lifeline is a socket pair: it leaves when the supervisor closes it
+(after the workers have drained) or dies.
 
-Error handling: a writer that exits is started again with the workers'
-backoff; each worker's ``ProcessWriter`` sees its connection lost and sends
-its unanswered batches again to the new one (ids are idempotent).
+Error handling: a writer that exits is started again by ``poll``, at once
+the first time, then with the workers' backoff; each worker's
+``ProcessWriter`` sees its connection lost and sends its unanswered batches
+again to the new one (ids are idempotent).
 """
 
 from __future__ import annotations
@@ -40,26 +44,39 @@ from switchd.ledger import LedgerConfig
 
 log = logging.getLogger("switchd.supervisor")
 
-#: The environment variable that gives workers the shared writer's socket.
-SOCKET_ENV = "SWITCHD_LEDGER_SOCKET"
+#: The environment variable that gives workers the shared ledger writer's socket.
+LEDGER_SOCKET_ENV = "SWITCHD_LEDGER_SOCKET"
+#: Restart backoff for a process that keeps dying (a writer here, a worker in
+#: supervisor.py): doubles up to the maximum.
+RESTART_MIN_S = 0.5
+RESTART_MAX_S = 30.0
 #: Longest path a Unix socket address holds on Linux (108 bytes with the NUL).
 _MAX_SOCKET_PATH = 100
-_CODE = (
-    "import sys; from switchd.ledger.writer_process import shared_main;"
-    " sys.exit(shared_main(int(sys.argv[1]), int(sys.argv[2])))"
-)
 
 
 class SharedWriter:
-    """Owns the socket and the writer process; ``poll`` restarts a dead writer."""
+    """Owns one shared writer's socket and process; ``poll`` (re)starts it.
 
-    def __init__(self, config: LedgerConfig, data_dir: str) -> None:
-        self.config = config
+    `module` defines ``shared_main(lifeline_fd, listen_fd) -> int`` (see
+    ``childproc.serve_shared``); `hello` is the writer's start-up message,
+    sent on the lifeline (it may hold a DSN with a password: never on the
+    command line); `env_var` is how the workers are told `path`.
+    """
+
+    def __init__(self, name: str, module: str, hello: bytes, data_dir: str, socket_name: str,
+                 env_var: str) -> None:  # fmt: skip
+        self.name = name
+        self.env_var = env_var
+        self._code = (
+            f"import sys; from {module} import shared_main;"
+            " sys.exit(shared_main(int(sys.argv[1]), int(sys.argv[2])))"
+        )
+        self._hello = hello
         self._tmpdir: str | None = None
-        path = Path(data_dir).resolve() / "ledger-writer.sock"
+        path = Path(data_dir).resolve() / socket_name
         if len(str(path)) > _MAX_SOCKET_PATH:
             self._tmpdir = tempfile.mkdtemp(prefix="switchd-")  # mode 0700
-            path = Path(self._tmpdir) / "ledger-writer.sock"
+            path = Path(self._tmpdir) / socket_name
         self.path = str(path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)  # left by a supervisor that was killed
@@ -72,27 +89,28 @@ class SharedWriter:
         self._listener.listen(128)
         self.proc: subprocess.Popen[bytes] | None = None
         self._lifeline: socket.socket | None = None
+        # The first restart is at once: every worker's writes wait for it.
+        self._backoff = 0.0
+        self._next_start = 0.0
 
     def start(self) -> None:
-        """Start the writer; it opens the ledger and serves (no wait here)."""
-        from switchd.ledger.writer_process import start_message
-
+        """Start the writer; it opens its database and serves (no wait here)."""
         ours, theirs = socket.socketpair()
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", _CODE, str(theirs.fileno()), str(self._listener.fileno())],
+                [sys.executable, "-c", self._code, str(theirs.fileno()),
+                 str(self._listener.fileno())],
                 pass_fds=(theirs.fileno(), self._listener.fileno()),
                 stdin=subprocess.DEVNULL,
-            )
+            )  # fmt: skip
         except BaseException:
             ours.close()
             raise
         finally:
             theirs.close()
-        hello = start_message(self.config)
-        ours.sendall(len(hello).to_bytes(4, "big") + hello)
+        ours.sendall(len(self._hello).to_bytes(4, "big") + self._hello)
         self._lifeline = ours
-        log.info("shared ledger writer started (pid %d) at %s", self.proc.pid, self.path)
+        log.info("%s started (pid %d) at %s", self.name, self.proc.pid, self.path)
 
     def exited(self) -> int | None:
         """The writer's exit code if it has exited (and is to be started again)."""
@@ -105,6 +123,17 @@ class SharedWriter:
             self._lifeline = None
         return code
 
+    def poll(self, now: float) -> None:
+        """The supervisor's turn (`now` from time.monotonic): note an exit, and
+        start the writer when it is not running and its backoff has passed."""
+        code = self.exited()
+        if code is not None:
+            log.error("%s exited with %s; restarting", self.name, code)
+            self._next_start = now + self._backoff
+            self._backoff = min(max(self._backoff * 2, RESTART_MIN_S), RESTART_MAX_S)
+        if self.proc is None and now >= self._next_start:
+            self.start()
+
     def close(self, timeout_s: float = 10.0) -> None:
         """Close the lifeline (the writer finishes its batch and exits), then the socket."""
         if self._lifeline is not None:
@@ -114,7 +143,7 @@ class SharedWriter:
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                log.error("shared ledger writer did not exit; killing it")
+                log.error("%s did not exit; killing it", self.name)
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
@@ -125,9 +154,19 @@ class SharedWriter:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
+def ledger_writer(config: LedgerConfig, data_dir: str) -> SharedWriter:
+    """The shared ledger writer (``switchd.ledger.writer_process.shared_main``)."""
+    from switchd.ledger.writer_process import start_message
+
+    return SharedWriter("shared ledger writer", "switchd.ledger.writer_process",
+                        start_message(config), data_dir, "ledger-writer.sock",
+                        LEDGER_SOCKET_ENV)  # fmt: skip
+
+
 def worker_config(config: LedgerConfig) -> LedgerConfig:
     """A worker's ledger configuration: the shared writer's, if the supervisor started one."""
-    path = os.environ.get(SOCKET_ENV, "")
+    path = os.environ.get(LEDGER_SOCKET_ENV, "")
     if not path or config.writer != "process":
         return config
     return msgspec.structs.replace(config, writer_socket=path)
+

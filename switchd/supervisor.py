@@ -32,14 +32,12 @@ from pathlib import Path
 
 import trio
 
+from switchd import shared_writer
 from switchd.config import Config
-from switchd.shared_writer import SOCKET_ENV, SharedWriter
+from switchd.shared_writer import RESTART_MAX_S, RESTART_MIN_S, SharedWriter
 
 log = logging.getLogger("switchd.supervisor")
 
-#: Restart backoff for a worker that keeps dying: doubles up to the maximum.
-RESTART_MIN_S = 0.5
-RESTART_MAX_S = 30.0
 #: How long workers get to drain after SIGTERM before they are killed.
 DRAIN_TIMEOUT_S = 60.0
 POLL_S = 0.2
@@ -59,21 +57,23 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
-    ledger = None
-    if cfg.ledger.writer == "process":
-        from switchd.daemon import ledger_config
-
-        ledger = SharedWriter(ledger_config(cfg), cfg.data_dir)
-        env[SOCKET_ENV] = ledger.path
+    writers: list[SharedWriter] = []
     try:
-        return _supervise(cfg, env, workers, config_path, ledger)
+        if cfg.ledger.writer == "process":
+            from switchd.daemon import ledger_config
+
+            writers.append(shared_writer.ledger_writer(ledger_config(cfg), cfg.data_dir))
+        for writer in writers:
+            env[writer.env_var] = writer.path
+        return _supervise(cfg, env, workers, config_path, writers)
     finally:
-        if ledger is not None:
-            ledger.close()
+        # After the workers have drained: what they flushed went through these.
+        for writer in writers:
+            writer.close()
 
 
 def _supervise(cfg: Config, env: dict[str, str], workers: int, config_path: str | None,
-               ledger: SharedWriter | None) -> int:  # fmt: skip
+               writers: list[SharedWriter]) -> int:  # fmt: skip
     argv = [sys.executable, "-m", "switchd.cli", "run", "--worker"]
     if config_path is not None:
         argv += ["--config", config_path]
@@ -99,19 +99,10 @@ def _supervise(cfg: Config, env: dict[str, str], workers: int, config_path: str 
     ready_pipes: list[int | None] = [None] * workers
     ready = [False] * workers
     announced = False
-    # The writer is started again at once the first time: every worker's
-    # ledger waits for it.
-    writer_backoff, writer_next = 0.0, 0.0
     while not stopping["signal"]:
         now = time.monotonic()
-        if ledger is not None:
-            code = ledger.exited()
-            if code is not None:
-                log.error("shared ledger writer exited with %s; restarting", code)
-                writer_next = now + writer_backoff
-                writer_backoff = min(max(writer_backoff * 2, RESTART_MIN_S), RESTART_MAX_S)
-            if ledger.proc is None and now >= writer_next:
-                ledger.start()
+        for writer in writers:
+            writer.poll(now)
         for i, proc in enumerate(procs):
             if proc is not None and proc.poll() is not None:
                 log.error("worker %d (pid %d) exited with %s; restarting", i, proc.pid,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +19,7 @@ from switchd import childproc
 from switchd.ledger import LedgerConfig, Transfer, open_ledger
 from switchd.ledger.core import Group
 from switchd.ledger.writer_process import _Writer, start_message
-from switchd.shared_writer import SharedWriter
+from switchd.shared_writer import SharedWriter, ledger_writer
 
 from .conftest import make_config
 from .helpers import make_chart
@@ -32,16 +33,15 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 @asynccontextmanager
 async def shared(config: LedgerConfig, where: Path) -> AsyncIterator[SharedWriter]:
-    """A shared writer, started again whenever it exits (as the supervisor does)."""
-    writer = SharedWriter(config, str(where))
+    """A shared writer, started again whenever it exits (the supervisor's ``poll``)."""
+    writer = ledger_writer(config, str(where))
     writer.start()
     try:
         async with trio.open_nursery() as nursery:
 
             async def supervise() -> None:
                 while True:
-                    if writer.exited() is not None:
-                        writer.start()
+                    writer.poll(time.monotonic())
                     await trio.sleep(0.05)
 
             nursery.start_soon(supervise)
@@ -171,7 +171,7 @@ async def test_a_ledger_of_another_configuration_is_refused(tmp_path: Path) -> N
 
 async def test_shared_writer_leaves_when_its_owner_closes_it(tmp_path: Path) -> None:
     config = LedgerConfig(data_dir=str(tmp_path), writer="process", expiry_interval_s=3600)
-    writer = SharedWriter(config, str(tmp_path))
+    writer = ledger_writer(config, str(tmp_path))
     writer.start()
     proc = writer.proc
     assert proc is not None
