@@ -200,7 +200,9 @@ class Switch:
         # What is alive now lives as long as the process: out of the
         # collector's sight from here on (see gcpolicy.py).
         gcpolicy.freeze_startup()
-        writer = JournalWriter(database_spec(cfg)) if cfg.ledger.writer == "process" else None
+        # In a worker of `switchd run --workers N`, the supervisor's shared writer.
+        writer = (JournalWriter(database_spec(cfg), shared_writer.journal_socket())
+                  if cfg.ledger.writer == "process" else None)  # fmt: skip
         try:
             if writer is not None:
                 await writer.start()  # inside the try: a child that fails to start is reaped

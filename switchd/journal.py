@@ -18,11 +18,16 @@ journal row lost in a crash only means a retried request is processed again
 and the ledger answers it as the duplicate it is, with the same RRN and
 outcome. By default the switch has a child process write the rows
 (journal_writer.py), so their inserts do not compete with the terminals for
-this process's GIL.
+this process's GIL; with ``switchd run --workers N`` one writer process,
+the supervisor's, writes every worker's rows.
 
 Error handling: a failed write is logged and retried with backoff; rows stay
 queued, up to ``MAX_QUEUED``; past that the oldest queued rows are dropped
-with an error log (memory is bounded; as said, no money depends on them).
+with an error log (memory is bounded; as said, no money depends on them). A
+lost writer process is a failed write like any other: its rows are sent
+again to the next one (a child of our own started again, or the shared
+writer the supervisor starts again), and the insert ignores any of them
+already written.
 """
 
 from __future__ import annotations
@@ -126,8 +131,9 @@ def _entry(r: tuple) -> Entry:
 class Journal:
     def __init__(self, db: Database, writer: JournalWriter | None = None) -> None:
         self.db = db
-        # Rows are written by `writer` (a child process, journal_writer.py)
-        # when given, else through `db` in a worker thread of this process.
+        # Rows are written by `writer` (a child process, of our own or shared
+        # by the workers: journal_writer.py) when given, else through `db` in
+        # a worker thread of this process.
         self.writer = writer
         # Per (terminal, batch): its answers by (stan, reversal). Settling a
         # batch drops its dict in one step, whatever its size.

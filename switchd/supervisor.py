@@ -3,9 +3,9 @@
 Each worker is a whole switch (listeners, HSM pool or embedded HSM, ledger
 client, admin listener) whose terminal sockets are bound with SO_REUSEPORT,
 so the kernel spreads new connections over the workers and one Python
-process per core does the work. What they share: the ledger, written by one
-writer process that the supervisor starts for all the workers
-(shared_writer.py: one commit and one fsync serve them all; with
+process per core does the work. What they share: the ledger and the
+journal, each written by one writer process that the supervisor starts for
+all the workers (shared_writer.py: one commit serves them all; with
 `writer = "thread"` each worker writes itself, which is correct too: SQLite
 serialises writers on its file lock, PostgreSQL with row locks); the
 terminals' session keys (a worker that meets a terminal signed on elsewhere
@@ -14,9 +14,10 @@ prometheus_client's multiprocess mode, so any worker's /metrics shows the
 sum over all of them.
 
 The supervisor prepares the databases once (migrations, demo data), starts
-the shared ledger writer and the workers, restarts any of them that dies
-(workers with backoff, after marking their metric files dead) and forwards
-SIGTERM (drain and exit), SIGINT and SIGHUP.
+the shared ledger and journal writers and the workers, restarts any of them
+that dies (with backoff; workers after marking their metric files dead),
+forwards SIGTERM (drain and exit), SIGINT and SIGHUP, and stops the writers
+once the workers have drained.
 """
 
 from __future__ import annotations
@@ -60,9 +61,10 @@ def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
     writers: list[SharedWriter] = []
     try:
         if cfg.ledger.writer == "process":
-            from switchd.daemon import ledger_config
+            from switchd.daemon import database_spec, ledger_config
 
             writers.append(shared_writer.ledger_writer(ledger_config(cfg), cfg.data_dir))
+            writers.append(shared_writer.journal_writer(database_spec(cfg), cfg.data_dir))
         for writer in writers:
             env[writer.env_var] = writer.path
         return _supervise(cfg, env, workers, config_path, writers)

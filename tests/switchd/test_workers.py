@@ -1,11 +1,12 @@
-"""`switchd run --workers 2`: shared port, shared keys and ledger writer, a dead worker
-or ledger writer restarted."""
+"""`switchd run --workers 2`: shared port, shared keys, ledger writer and journal
+writer, a dead worker, ledger writer or journal writer restarted."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,11 @@ def worker_pids(supervisor: int) -> list[int]:
 
 
 def writer_pids(supervisor: int) -> list[int]:
-    return children(supervisor, "shared_main")
+    return children(supervisor, "writer_process import shared_main")
+
+
+def journal_writer_pids(supervisor: int) -> list[int]:
+    return children(supervisor, "journal_writer import shared_main")
 
 
 def start_workers(tmp_path: Path, port: int, admin_port: int = 0) -> subprocess.Popen[bytes]:
@@ -75,10 +80,13 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
         addr = ("127.0.0.1", port)
         await wait_listening(proc, port)
         assert len(worker_pids(proc.pid)) == 2
-        # One ledger writer for both workers: theirs are not started.
+        # One ledger writer and one journal writer for both workers: theirs are
+        # not started.
         assert len(writer_pids(proc.pid)) == 1
+        assert len(journal_writer_pids(proc.pid)) == 1
         for worker in worker_pids(proc.pid):
             assert children(worker, "writer_process") == []
+            assert children(worker, "journal_writer") == []
         (await trio.open_tcp_stream(*addr)).socket.close()
         terms: list[Conn] = []
         for i in range(8):
@@ -86,19 +94,26 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             await c.sign_on()
             terms.append(c)
 
+        journaled: list[tuple[str, int]] = []  # sales answered by workers that then drain
+
         async def sales(c: Conn, seq: int, n: int) -> int:
             approved = 0
             t = c.term
             for _ in range(n):
+                stan = t.next_stan()
                 r = await c.call(t.frame(*rq.sale(t.ident, rq.Card(demo_pan(seq), "3012"),
-                                                  t.next_stan(), 1_00)))  # fmt: skip
+                                                  stan, 1_00)))  # fmt: skip
                 approved += r.rc == "00"
+                journaled.append((t.tid, int(stan)))
             return approved
 
         total = 0
         for i, c in enumerate(terms):
             total += await sales(c, 4 + i, 3)
         assert total == 24
+        # The killed worker's last rows may be lost with it (they wait up to
+        # journal.LINGER_S): only the sales from here on must be journaled.
+        journaled.clear()
         victim = worker_pids(proc.pid)[0]
         os.kill(victim, signal.SIGKILL)
         with trio.fail_after(30):
@@ -121,6 +136,18 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             total += await sales(fresh, 4 + i, 1)
         assert total == 24 + 16 + 8
         assert len(writer_pids(proc.pid)) == 1 and writer_pids(proc.pid) != [writer]
+        # The shared journal writer killed: the supervisor starts another, and
+        # the rows the workers queued meanwhile reach it.
+        (journal_writer,) = journal_writer_pids(proc.pid)
+        os.kill(journal_writer, signal.SIGKILL)
+        for i, c in enumerate(terms):
+            fresh = await connect_to(addr, c.term.tid, c.term.mid)
+            fresh.term = c.term
+            total += await sales(fresh, 4 + i, 1)
+        assert total == 24 + 16 + 8 + 8
+        with trio.fail_after(10):
+            while journal_writer_pids(proc.pid) in ([], [journal_writer]):
+                await trio.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -130,8 +157,14 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
             acct = await ledger.account(card_account_id(demo_pan(4 + i), b"demo-pan-hash-key"))
             assert acct is not None
             spent += 100_000_00 - acct.available
-        assert spent == 48 * 1_00
+        assert spent == 56 * 1_00
         assert await ledger.audit() == []
+    # Drained workers flushed their journals: every sale since the worker's kill,
+    # once (the rows sent again to the new writer were not written twice).
+    with sqlite3.connect(tmp_path / "var" / "switch.sqlite") as db:
+        rows = db.execute("SELECT tid, stan FROM journal WHERE kind = 'sale'").fetchall()
+    assert len(rows) == len(set(rows))
+    assert set(journaled) <= set(rows) and len(journaled) == 32
 
 
 async def test_workers_metrics_count_each_sale(tmp_path: Path) -> None:
