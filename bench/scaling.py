@@ -14,14 +14,15 @@ defaults, new data directory) takes, from the same generator:
 
 During the closed-loop window it reads the CPU each of the switch's
 processes used, by role: the workers (terminals, checks, HSM, answers),
-the ledger writer (one for all workers), the journal writers (one per
-worker) and the supervisor. From those it says what the design gives on a
-machine with more cores: the workers and their journals scale with the
-cores; the one ledger writer does not, and its CPU per sale bounds the
-whole machine. A projection, and a cautious one: it takes the writer's CPU
-per sale at this run's batch sizes (a busier writer commits larger
-batches, which cost less per sale), and it leaves out the generator (on
-other machines there) and contention for the memory bus and the disk.
+the ledger writer and the journal writer (each one for all workers) and the
+supervisor. From those it says what the design gives on a machine with
+more cores: the workers scale with the cores; the one ledger writer does
+not, and its CPU per sale bounds the whole machine (so does the one journal
+writer's, at one core's worth of it; short of that it shares the workers'
+cores). A projection, and a cautious one: it takes the writers' CPU per
+sale at this run's batch sizes (a busier writer commits larger batches,
+which cost less per sale), and it leaves out the generator (on other
+machines there) and contention for the memory bus and the disk.
 
 The first worker count is the baseline every ratio is against. Writes
 ``scaling-<time>.json`` and ``.md`` under ``--out`` and prints the markdown.
@@ -156,17 +157,22 @@ def projection(row: dict[str, object]) -> dict[str, object]:
     per = row["cpu_us_per_sale"]
     assert isinstance(per, dict)
     serial = float(per.get("ledger", 0.0))
+    journal = float(per.get("journal", 0.0))
     parallel = sum(float(v) for r, v in per.items() if r != "ledger")
     out: dict[str, object] = {
         "ledger_writer_us_per_sale": serial,
         "rest_us_per_sale": round(parallel, 1),
         "ledger_writer_cap_per_s": round(1e6 / serial) if serial else None,
+        # One process too, but light: it shares the workers' cores (it is in
+        # `rest`), and bounds the machine only at its one core's worth.
+        "journal_writer_cap_per_s": round(1e6 / journal) if journal else None,
     }
     for cores in PROJECT_CORES:
-        # Cores left to the workers once the writer has its own.
+        # Cores left to the workers once the ledger writer has its own.
         out[f"cores_{cores}_per_s"] = round(min(
             (cores - 1) * 1e6 / max(parallel, 1e-9),
             1e6 / serial if serial else float("inf"),
+            1e6 / journal if journal else float("inf"),
         ))  # fmt: skip
     return out
 
@@ -214,7 +220,9 @@ def markdown(result: dict[str, object]) -> str:
     out += ["", f"Projection from the {last['workers']}-worker run: the ledger writer spends "
             f"{proj['ledger_writer_us_per_sale']} µs of CPU per sale (one process for all "
             f"workers: at most ~{proj['ledger_writer_cap_per_s']} sales/s on one core); "
-            f"everything else {proj['rest_us_per_sale']} µs, which spreads over the workers. "
+            f"everything else {proj['rest_us_per_sale']} µs, which spreads over the other "
+            f"cores (of it, the one journal writer's share caps the machine at "
+            f"~{proj['journal_writer_cap_per_s']} sales/s). "
             f"With the generator on other machines: {cores}."]  # fmt: skip
     return "\n".join(out) + "\n"
 
