@@ -17,9 +17,9 @@ not be cut short): it leaves when its socket closes, that is when the parent
 closes it or dies.
 
 A child may also be shared by several parents (``serve_shared``, reached
-with ``Remote``): with ``switchd run --workers N`` one ledger writer serves
-every worker, so their operations share one commit and one fsync instead of
-taking turns on the database's write lock.
+with ``Remote``): with ``switchd run --workers N`` one ledger writer and one
+journal writer serve every worker, so their writes share commits (the
+ledger's, fsyncs too) instead of taking turns on the database's write lock.
 
 Error handling: a lost child (killed, crashed) shows as ``ChildLost`` on the
 parent's side; what to do with the request in flight is the caller's policy.
