@@ -98,6 +98,12 @@ class Entry(msgspec.Struct, gc=False):  # no cycles: the GC need not scan thousa
     def key(self) -> Key:
         return (self.tid, self.batch, self.stan, self.reversal)
 
+    @property
+    def repaired(self) -> bool:
+        """Rebuilt from the ledger after its row was lost (journal_repair.py): it
+        has no answer to replay, so duplicates and originals treat it as absent."""
+        return not self.response
+
 
 _COLUMNS = (
     "tid, batch, stan, reversal, kind, mid, digest, rc, amount, masked_pan, rrn, auth_code,"
@@ -106,10 +112,16 @@ _COLUMNS = (
 
 
 #: How the writer stores rows: a retried write (after a failure, or by a new
-#: writer process) inserts nothing twice.
+#: writer process) inserts nothing twice. A row rebuilt from the ledger (empty
+#: response: see Entry.repaired) gives way to the real answer: the one a live
+#: writer was still holding when the repair ran (another node, PostgreSQL), or
+#: a retry's, answered afresh after the repair. Its created_at stays: the
+#: time the money moved.
 INSERT = (
     f"INSERT INTO journal ({_COLUMNS}) VALUES ({','.join('?' * 16)})"
-    " ON CONFLICT (tid, batch, stan, reversal) DO NOTHING"
+    " ON CONFLICT (tid, batch, stan, reversal) DO UPDATE SET"
+    + ",".join(f" {c} = excluded.{c}" for c in _COLUMNS.replace(" ", "").split(",")[4:-1])
+    + " WHERE journal.response = ''"
 )
 
 
@@ -172,7 +184,10 @@ class Journal:
                 raise JournalUnavailable(f"the journal of batch {batch} could not be read")
         self._touch(key, None)
         answers = self.batches.get(key)
-        return answers.get((stan, reversal)) if answers else None
+        entry = answers.get((stan, reversal)) if answers else None
+        # A repaired row has no answer bytes to replay: the request is processed
+        # afresh, and the ledger answers it as the duplicate it is (same RRN).
+        return None if entry is None or entry.repaired else entry
 
     async def run_loader(self) -> None:
         """Load every batch asked for since the last query, in one query per chunk."""
