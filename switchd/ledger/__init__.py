@@ -25,6 +25,7 @@ Writing (each returns once the commit holding it is durable):
 Reading (never waits for the writer):
     account(id) -> Account | None              balances: posted, pending, available
     transfer(id) -> TransferRecord | None
+    answered_since(us) -> list[AnsweredRequest]  leg 0 of recent requests (journal repair)
     request_transfers(tid, batch, stan, kind)  the legs a void/reversal undoes
     transfers_by_batch(tid, batch); transfers_by_merchant_day(mid, day, tz)
     settlement_totals(tid, batch) -> SettlementTotals   (the 0500 comparison)
@@ -72,6 +73,7 @@ from .ids import (
 from .model import (
     Account,
     AccountKind,
+    AnsweredRequest,
     CloseAccount,
     CloseBatch,
     CommitFailed,
@@ -95,6 +97,7 @@ from .model import (
 __all__ = [
     "Account",
     "AccountKind",
+    "AnsweredRequest",
     "CloseAccount",
     "CloseBatch",
     "CommitFailed",

@@ -54,6 +54,7 @@ from .config import LedgerConfig
 from .core import ExpireDue, Group
 from .model import (
     Account,
+    AnsweredRequest,
     CommitFailed,
     LedgerClosed,
     Op,
@@ -368,6 +369,10 @@ class Ledger:
     ) -> list[TransferRecord]:
         start, end = queries.day_bounds_us(day, tz)
         return await self._read(queries.transfers_by_merchant, merchant_id, start, end)
+
+    async def answered_since(self, since_us: int) -> list[AnsweredRequest]:
+        """The requests (leg 0 of each) committed since `since_us`: see queries.answered_since."""
+        return await self._read(queries.answered_since, since_us)
 
     async def settlement_totals(self, terminal_id: str, batch: int) -> SettlementTotals:
         return await self._read(queries.settlement_totals, terminal_id, batch)

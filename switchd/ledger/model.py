@@ -280,6 +280,31 @@ class TransferRecord(msgspec.Struct, frozen=True, gc=False):
     refunded: int
 
 
+class AnsweredRequest(msgspec.Struct, frozen=True, gc=False):
+    """A terminal request the ledger approved, as its leg 0 records it (what the
+    journal's row of it says: journal_repair.py rebuilds lost rows from these).
+
+    `undone_by_reversal`: leg 0 has since been reversed or voided by a 0400
+    (`kind` "reversal") filed under the same TID + batch + STAN: the
+    terminal never took the approval (or the switch undid a late or
+    unencodable one, answered 98 or 96). `orig_batch`/`orig_stan`: the
+    request the transfer refers to (a void's sale, a completion's hold).
+    """
+
+    terminal_id: str
+    merchant_id: str
+    batch: int
+    stan: int
+    kind: str
+    amount: int
+    masked_pan: str
+    rrn: str
+    created_at_us: int
+    undone_by_reversal: bool
+    orig_batch: int | None
+    orig_stan: int | None
+
+
 class SettlementTotals(msgspec.Struct, frozen=True):
     """What a terminal's 0500 F48 is compared with (PROTOCOL.md §3 Settlement).
 

@@ -21,6 +21,7 @@ from .model import (
     SETTLEMENT_DEBIT_KINDS,
     Account,
     AccountKind,
+    AnsweredRequest,
     PendingState,
     SettlementTotals,
     TransferRecord,
@@ -159,6 +160,45 @@ def transfers_by_merchant(
         (merchant_id, start_us, end_us),
     ).fetchall()
     return [_transfer(r) for r in rows]
+
+
+def answered_since(conn: Conn, d: Dialect, since_us: int) -> list[AnsweredRequest]:
+    """Every request whose leg 0 committed at or after `since_us`, oldest first.
+
+    Cheap on a large ledger: no index leads with created_at (one more index
+    maintained by every posting, for a start-up query, was not worth it), so
+    the recursive CTE skips through `transfers_by_merchant_time` one merchant
+    at a time (a loose index scan: one seek per distinct merchant) and reads
+    each merchant's range from `since_us` on. Same SQL on both backends.
+    """
+    rows = conn.execute(
+        d.sql(
+            "WITH RECURSIVE m(mid) AS ("
+            " SELECT MIN(merchant_id) FROM transfers WHERE merchant_id IS NOT NULL"
+            " UNION ALL"
+            " SELECT (SELECT MIN(merchant_id) FROM transfers WHERE merchant_id > m.mid)"
+            " FROM m WHERE m.mid IS NOT NULL)"
+            " SELECT t.terminal_id, t.merchant_id, t.batch_no, t.stan, t.txn_kind, t.amount,"
+            " t.masked_pan, t.rrn, t.created_at, rv.txn_kind, rs.txn_kind, o.batch_no, o.stan"
+            " FROM m JOIN transfers t ON t.merchant_id = m.mid AND t.created_at >= ?"
+            " LEFT JOIN transfer_state s ON s.id = t.id"
+            " LEFT JOIN transfers rv ON rv.id = s.reversed_by"
+            " LEFT JOIN transfers rs ON rs.id = s.resolved_by"
+            " LEFT JOIN transfers o ON o.id = t.ref_id"
+            " WHERE t.terminal_id IS NOT NULL AND t.leg = 0"
+            " ORDER BY t.created_at"
+        ),
+        (since_us,),
+    ).fetchall()
+    return [_answered(r) for r in rows]
+
+
+def _answered(r: tuple[Any, ...]) -> AnsweredRequest:
+    return AnsweredRequest(
+        terminal_id=r[0], merchant_id=r[1] or "", batch=r[2], stan=r[3], kind=r[4],
+        amount=r[5], masked_pan=r[6] or "", rrn=r[7] or "", created_at_us=r[8],
+        undone_by_reversal=REVERSAL_KIND in (r[9], r[10]), orig_batch=r[11], orig_stan=r[12],
+    )  # fmt: skip
 
 
 def day_bounds_us(day: date, tz: tzinfo = UTC) -> tuple[int, int]:
