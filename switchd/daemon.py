@@ -2,8 +2,9 @@
 
 Start-up order: the switch database (migrations), the HSM (embedded software
 HSM or a pool to external ones), the ledger (migrations, writer), the demo
-data on first start, the reference data, then the listeners, last, so that
-no terminal is accepted before everything it needs is up.
+data on first start, the journal's repair (rows a crash lost, rebuilt from
+the ledger: journal_repair.py), the reference data, then the listeners,
+last, so that no terminal is accepted before everything it needs is up.
 
 Signals: SIGTERM/SIGINT drain (stop accepting, finish every transaction in
 flight and answer it, flush the journal and the ledger, exit 0); SIGHUP
@@ -32,14 +33,14 @@ from hsm.pool import Address
 from hsm.server import HsmServer, serve_hsm
 from hsm.testing import key_under_lmk
 from switchd import config as config_mod
-from switchd import demo, gcpolicy, looplag, shared_writer, store
+from switchd import demo, gcpolicy, journal_repair, looplag, shared_writer, store
 from switchd.config import Config, ConfigError, kek_bytes
 from switchd.connection import connection_handler
 from switchd.db import Database, PostgresDatabase, SqliteDatabase
 from switchd.journal import Journal
 from switchd.journal_writer import DatabaseSpec, JournalWriter
 from switchd.jsonlog import TXN_LOG
-from switchd.ledger import LedgerConfig, PostgresConfig, SqliteConfig, open_ledger
+from switchd.ledger import Ledger, LedgerConfig, PostgresConfig, SqliteConfig, open_ledger
 from switchd.listener import Listeners
 from switchd.processor import Processor
 from switchd.services import Services
@@ -194,6 +195,10 @@ class Switch:
             if not tmk_lmk:
                 raise ConfigError("demo.tmk_lmk is needed with an external HSM - at `$.demo`")
             await demo.ensure(cfg, st, ledger, hsm, tmk_lmk, pan_key)
+        if not self.worker:
+            # Before any terminal is served; with --workers, once, in the
+            # supervisor's preparation (prepare_only), not in every worker.
+            await self._repair_journal(db, ledger)
         if self.prepare_only:
             return
         await st.load()
@@ -213,6 +218,15 @@ class Switch:
                 with trio.CancelScope(shield=True):
                     await writer.aclose()
         log.info("switch stopped cleanly")
+
+    async def _repair_journal(self, db: Database, ledger: Ledger) -> None:
+        """Rebuild the journal rows a crash lost from the ledger (journal_repair.py)."""
+        try:
+            await journal_repair.repair(db, ledger)
+        except Exception:
+            # No money depends on it: serve anyway, and say what is missing.
+            log.exception("journal repair failed: transactions answered just before the last"
+                          " crash may be missing from transaction search")  # fmt: skip
 
     async def _serve_terminals(self, cfg, db, st, journal, ledger, hsm, kek, kek_zmk_lmk,  # type: ignore[no-untyped-def]
                                pan_key, task_status) -> None:  # fmt: skip

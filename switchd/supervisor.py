@@ -13,11 +13,12 @@ loads its keys from the switch database); the reference data. Metrics use
 prometheus_client's multiprocess mode, so any worker's /metrics shows the
 sum over all of them.
 
-The supervisor prepares the databases once (migrations, demo data), starts
-the shared ledger and journal writers and the workers, restarts any of them
-that dies (with backoff; workers after marking their metric files dead),
-forwards SIGTERM (drain and exit), SIGINT and SIGHUP, and stops the writers
-once the workers have drained.
+The supervisor prepares the databases once (migrations, demo data, the
+journal's repair after a crash: journal_repair.py), starts the shared
+ledger and journal writers and the workers, restarts any of them that dies
+(with backoff; workers after marking their metric files dead), forwards
+SIGTERM (drain and exit), SIGINT and SIGHUP, and stops the writers once the
+workers have drained.
 """
 
 from __future__ import annotations
