@@ -327,8 +327,6 @@ class SqliteBackend:
             self._writer = _connect(self.path)
             self._writer.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_FRAMES}")
             self._all.append(self._writer)
-            if self._checkpointer is None:
-                self._checkpointer = _Checkpointer(self.path)
             if self.on_writer_open is not None:
                 self.on_writer_open(self._writer)
         return self._writer
@@ -362,7 +360,12 @@ class SqliteBackend:
                 self._drop_writer()
             raise CommitFailed(f"sqlite: batch of {len(groups)} not committed: {exc}") from exc
         checkpointer = self._checkpointer
-        if checkpointer is not None and checkpointer.catch_up:
+        if checkpointer is None:
+            # Started by the first commit, not by open(): a process that only
+            # migrates and reads (a worker, with the writer in a process of
+            # its own) must not copy the writer's pages.
+            self._checkpointer = _Checkpointer(self.path)
+        elif checkpointer.catch_up:
             checkpointer.catch_up = False
             # The frames committed during the checkpointer's pass (this batch
             # is committed already: a failure here is only logged).
