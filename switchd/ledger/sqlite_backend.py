@@ -208,10 +208,11 @@ class _Checkpointer:
     were copied again at each pass. Passes further apart copy them fewer
     times, but a large pass in the writer stalled it for tens of ms.
     Measured with 2 workers and 1,000 terminals (CPU by process, A/B runs
-    back to back): the writer's CPU per closed-loop sale 73 -> 62-67 us,
-    bytes written per sale 31 -> 25 kB; at a fixed 3,000 sales/s the
-    terminals' p99 51.6 and 36.4 -> 28.6 and 19.3 ms. The WAL holds up to
-    about a second of commits (tens of MB at full load) between passes.
+    back to back): the writer's CPU per closed-loop sale 64.5 and 69.2 ->
+    59.3 and 62.7 us, bytes written per sale 32 -> 24 kB, sales/s +4 %; at a
+    fixed 3,000 sales/s the terminals' p99 22.0 and 20.1 -> 13.1 and 19.8 ms.
+    The WAL holds up to about a second of commits (tens of MB at full load)
+    between passes.
 
     Plan: every ``CHECKPOINT_EVERY_S`` this thread, on its own connection,
     runs a PASSIVE checkpoint, which copies what the WAL holds while the
