@@ -44,6 +44,7 @@ from switchd.ledger import Ledger, LedgerConfig, PostgresConfig, SqliteConfig, o
 from switchd.listener import Listeners
 from switchd.processor import Processor
 from switchd.services import Services
+from switchd.supervisor import REPLACES_DEAD_ENV
 
 log = logging.getLogger("switchd")
 
@@ -195,9 +196,11 @@ class Switch:
             if not tmk_lmk:
                 raise ConfigError("demo.tmk_lmk is needed with an external HSM - at `$.demo`")
             await demo.ensure(cfg, st, ledger, hsm, tmk_lmk, pan_key)
-        if not self.worker:
-            # Before any terminal is served; with --workers, once, in the
-            # supervisor's preparation (prepare_only), not in every worker.
+        if not self.worker or os.environ.get(REPLACES_DEAD_ENV):
+            # Before any terminal is served; with --workers, in the
+            # supervisor's preparation (prepare_only), and in a worker that
+            # replaces one that died (its last rows may be lost), not in
+            # every worker at every start.
             await self._repair_journal(db, ledger)
         if self.prepare_only:
             return

@@ -6,7 +6,8 @@ money is in the ledger, committed before the terminal was answered. Money
 does not need them (money.py falls back to the ledger), but the admin API
 reads the journal: transaction search and the ERP's payment lookup by RRN
 would miss those transactions for good. So before any terminal is served
-(daemon.py; with ``--workers N`` once, in the supervisor's preparation) every
+(daemon.py; with ``--workers N`` in the supervisor's preparation, and in a
+worker the supervisor starts in place of one that died) every
 approved request the ledger committed recently and the journal lacks gets a
 row rebuilt from its leg 0: rc 00, its kind, amount, masked PAN, created_at,
 and the RRN and auth code derived from its identity, as the answer carried.

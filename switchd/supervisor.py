@@ -45,6 +45,10 @@ DRAIN_TIMEOUT_S = 60.0
 POLL_S = 0.2
 #: The environment variable naming a worker's ready pipe.
 READY_FD_ENV = "SWITCHD_READY_FD"
+#: Set for a worker started in place of one that died: it rebuilds the
+#: journal rows the dead one had not written yet (journal_repair.py) before
+#: it serves. The first workers need not: the preparation run did it.
+REPLACES_DEAD_ENV = "SWITCHD_REPLACES_DEAD"
 
 
 def run_workers(cfg: Config, config_path: str | None, workers: int) -> int:
@@ -115,7 +119,8 @@ def _supervise(cfg: Config, env: dict[str, str], workers: int, config_path: str 
                 next_start[i] = now + backoff[i]
                 backoff[i] = min(backoff[i] * 2, RESTART_MAX_S)
             if procs[i] is None and now >= next_start[i]:
-                procs[i], ready_pipes[i] = _spawn(argv, env, i, ready_pipes[i])
+                replaces_dead = next_start[i] > 0.0
+                procs[i], ready_pipes[i] = _spawn(argv, env, i, ready_pipes[i], replaces_dead)
                 ready[i] = False
                 log.info("worker %d started (pid %d)", i, procs[i].pid)  # type: ignore[union-attr]
         for i, pipe in enumerate(ready_pipes):
@@ -149,16 +154,18 @@ def _supervise(cfg: Config, env: dict[str, str], workers: int, config_path: str 
     return code
 
 
-def _spawn(argv: list[str], env: dict[str, str], i: int,
-           old_pipe: int | None) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
+def _spawn(argv: list[str], env: dict[str, str], i: int, old_pipe: int | None,
+           replaces_dead: bool) -> tuple[subprocess.Popen[bytes], int]:  # fmt: skip
     """Start worker i with a fresh ready pipe; its process and the pipe's read end."""
     if old_pipe is not None:
         os.close(old_pipe)
     read, write = os.pipe()
     os.set_blocking(read, False)
     try:
-        proc = subprocess.Popen(argv, pass_fds=(write,),
-                                env={**env, "SWITCHD_WORKER": str(i), READY_FD_ENV: str(write)})
+        own = {"SWITCHD_WORKER": str(i), READY_FD_ENV: str(write)}
+        if replaces_dead:
+            own[REPLACES_DEAD_ENV] = "1"
+        proc = subprocess.Popen(argv, pass_fds=(write,), env={**env, **own})
     except BaseException:
         os.close(read)
         raise
