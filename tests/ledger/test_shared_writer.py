@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import msgspec
@@ -21,6 +20,7 @@ from switchd.ledger.core import Group
 from switchd.ledger.writer_process import _Writer, start_message
 from switchd.shared_writer import SharedWriter, ledger_writer
 
+from ..supervised import supervised
 from .conftest import make_config
 from .helpers import make_chart
 from .test_writer_process import _script
@@ -31,24 +31,9 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@asynccontextmanager
-async def shared(config: LedgerConfig, where: Path) -> AsyncIterator[SharedWriter]:
+def shared(config: LedgerConfig, where: Path) -> AbstractAsyncContextManager[SharedWriter]:
     """A shared writer, started again whenever it exits (the supervisor's ``poll``)."""
-    writer = ledger_writer(config, str(where))
-    writer.start()
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def supervise() -> None:
-                while True:
-                    writer.poll(time.monotonic())
-                    await trio.sleep(0.05)
-
-            nursery.start_soon(supervise)
-            yield writer
-            nursery.cancel_scope.cancel()
-    finally:
-        writer.close()
+    return supervised(ledger_writer(config, str(where)))
 
 
 def through(config: LedgerConfig, writer: SharedWriter) -> LedgerConfig:

@@ -10,9 +10,8 @@ import signal
 import sqlite3
 import struct
 import termios
-import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import psutil
@@ -32,6 +31,8 @@ from switchd.journal_writer import (
 )  # fmt: skip
 from switchd.shared_writer import SharedWriter, journal_writer
 
+from ..supervised import supervised
+
 
 def _entry(tid: str, stan: int) -> Entry:
     return Entry(
@@ -50,28 +51,12 @@ async def _database(tmp_path: Path) -> tuple[Path, DatabaseSpec]:
     return path, DatabaseSpec("sqlite", sqlite_path=str(path))
 
 
-@asynccontextmanager
-async def shared(
+def shared(
     spec: DatabaseSpec, where: Path, held: Callable[[], bool] = lambda: False
-) -> AsyncIterator[SharedWriter]:
+) -> AbstractAsyncContextManager[SharedWriter]:
     """A shared journal writer, started again whenever it exits by the supervisor's
     ``poll`` (unless `held` says not yet)."""
-    writer = journal_writer(spec, str(where))
-    writer.start()
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def supervise() -> None:
-                while True:
-                    if not held():
-                        writer.poll(time.monotonic())
-                    await trio.sleep(0.05)
-
-            nursery.start_soon(supervise)
-            yield writer
-            nursery.cancel_scope.cancel()
-    finally:
-        writer.close()
+    return supervised(journal_writer(spec, str(where)), held)
 
 
 @asynccontextmanager
