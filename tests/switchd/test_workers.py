@@ -107,6 +107,16 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
                 journaled.append((t.tid, int(stan)))
             return approved
 
+        async def reconnected_sales(n: int) -> int:
+            """Each terminal on a new connection, with the keys of its earlier
+            sign-on (whichever worker it lands on), n sales."""
+            approved = 0
+            for i, c in enumerate(terms):
+                fresh = await connect_to(addr, c.term.tid, c.term.mid)
+                fresh.term = c.term
+                approved += await sales(fresh, 4 + i, n)
+            return approved
+
         total = 0
         for i, c in enumerate(terms):
             total += await sales(c, 4 + i, 3)
@@ -140,29 +150,20 @@ async def test_two_workers_share_the_port_and_survive_a_killed_worker(tmp_path: 
         assert all(rebuilt[k][0] == "00" and not rebuilt[k][1] for k in lost)
         # Every terminal reconnects (some were on the dead worker) and goes on
         # with the keys of its earlier sign-on, whichever worker it lands on.
-        for i, c in enumerate(terms):
-            fresh = await connect_to(addr, c.term.tid, c.term.mid)
-            fresh.term = c.term
-            total += await sales(fresh, 4 + i, 2)
+        total += await reconnected_sales(2)
         assert total == 24 + 16
         # The shared ledger writer killed: the supervisor starts another and
         # the workers send their unanswered batches to it.
         (writer,) = writer_pids(proc.pid)
         os.kill(writer, signal.SIGKILL)
-        for i, c in enumerate(terms):
-            fresh = await connect_to(addr, c.term.tid, c.term.mid)
-            fresh.term = c.term
-            total += await sales(fresh, 4 + i, 1)
+        total += await reconnected_sales(1)
         assert total == 24 + 16 + 8
         assert len(writer_pids(proc.pid)) == 1 and writer_pids(proc.pid) != [writer]
         # The shared journal writer killed: the supervisor starts another, and
         # the rows the workers queued meanwhile reach it.
         (journal_writer,) = journal_writer_pids(proc.pid)
         os.kill(journal_writer, signal.SIGKILL)
-        for i, c in enumerate(terms):
-            fresh = await connect_to(addr, c.term.tid, c.term.mid)
-            fresh.term = c.term
-            total += await sales(fresh, 4 + i, 1)
+        total += await reconnected_sales(1)
         assert total == 24 + 16 + 8 + 8
         with trio.fail_after(10):
             while journal_writer_pids(proc.pid) in ([], [journal_writer]):
